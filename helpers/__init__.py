@@ -1,0 +1,12 @@
+"""Shared code of the shortcut-learning course book.
+
+One importable package is the single source of truth for everything that more than one chapter uses: data
+sources and biased-dataset builders, models, the training loop, metrics, plots, the method losses and the
+book runner. Chapters import from here and show the source of the method they teach with ``show_source``.
+"""
+
+from helpers.paths import cache_root, checkpoint_dir
+from helpers.seed import seed_everything
+from helpers.device import pick_device
+
+__all__ = ["cache_root", "checkpoint_dir", "seed_everything", "pick_device"]

@@ -1,0 +1,112 @@
+"""The life of one executed chapter: validated parameters, device, timer and the results record.
+
+A chapter's first code cell after its ``parameters`` cell is::
+
+    from helpers.chapter import start_chapter
+    run = start_chapter("01_shortcut_learning", globals())
+
+and its last cell::
+
+    run.finish(metrics={...}, seeds=[...])
+
+which shows profile, device, seeds, wall time and git commit, and writes ``<chapter>.json`` to the results
+directory (``$SHORTCUT_BOOK_RESULTS`` when the book runner executes the chapter, else ``<cache>/results``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from helpers.atomic import atomic_write_text
+from helpers.device import describe, pick_device
+from helpers.params import parameters_from_namespace
+from helpers.paths import REPO_ROOT, cache_root
+from helpers.plots import use_book_style
+
+RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"
+
+
+def git_commit() -> str:
+    """``git describe --always --dirty`` of the repository, or 'unknown' outside a checkout."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert tensors / numpy scalars / NaN in a metrics tree to plain JSON (NaN → None)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class ChapterRun:
+    chapter: str
+    params: dict
+    device: torch.device
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def profile(self) -> str:
+        return self.params.get("profile", "custom")
+
+    def results_dir(self) -> Path:
+        path = Path(os.environ.get(RESULTS_ENV) or cache_root() / "results")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def finish(self, metrics: Mapping[str, Any], seeds) -> dict:
+        """Record the run (shown as a table and written as JSON); returns the record."""
+        record = {
+            "chapter": self.chapter,
+            "profile": self.profile,
+            "device": describe(self.device),
+            "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else [seeds],
+            "wall_time_s": round(time.perf_counter() - self.started, 1),
+            "git_commit": git_commit(),
+            "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "parameters": _jsonable(self.params),
+            "metrics": _jsonable(metrics),
+        }
+        path = self.results_dir() / f"{self.chapter}.json"
+        atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+        width = max(len(k) for k in ("profile", "device", "seeds", "wall time", "git commit", "results file"))
+        for key, value in [("profile", record["profile"]), ("device", record["device"]),
+                           ("seeds", record["seeds"]), ("wall time", f"{record['wall_time_s']:.1f} s"),
+                           ("git commit", record["git_commit"]), ("results file", path.name)]:
+            print(f"{key:<{width}}  {value}")
+        return record
+
+
+def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
+    """Validate the chapter's parameters from the notebook's globals, pick the device, set the plot style."""
+    params = parameters_from_namespace(chapter, namespace)
+    device = pick_device(params.get("device"))
+    use_book_style()
+    print(f"{chapter}: profile={params.get('profile', 'custom')}, device={describe(device)}")
+    return ChapterRun(chapter, params, device)

@@ -1,0 +1,123 @@
+"""Chapter parameters: one schema per chapter, checked before any training starts.
+
+Each chapter ``notebooks/NN_name.ipynb`` has ``notebooks/profiles/NN_name.yaml``::
+
+    parameters:                 # every name in the chapter's `parameters` cell, with its type and range
+      epochs: {type: int, min: 1}
+      rhos: {type: list, item: float, min: 0.0, max: 1.0, min_len: 1}
+      device: {type: str, choices: [auto, cpu, cuda, mps]}
+    profiles:                   # papermill parameter sets; values not given keep the notebook's defaults
+      smoke: {epochs: 1}
+      quick: {}
+      full: {epochs: 80}
+
+The runner validates a profile against the schema before executing anything, and the chapter validates its
+actual values again in its first code cell (so a papermill run with hand-written ``-p`` values is checked
+too). Every error names the parameter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from helpers.paths import REPO_ROOT
+
+PROFILE_DIR = REPO_ROOT / "notebooks" / "profiles"
+PROFILES = ("smoke", "quick", "full")
+TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
+RULE_KEYS = {"type", "item", "min", "max", "choices", "min_len", "max_len", "nullable", "help"}
+
+
+class ParameterError(ValueError):
+    """An invalid chapter parameter; the message names it."""
+
+    def __init__(self, chapter: str, name: str, message: str):
+        self.chapter, self.name = chapter, name
+        super().__init__(f"{chapter}: parameter '{name}' {message}")
+
+
+def load_spec(chapter: str, profile_dir: Path | None = None) -> dict:
+    path = Path(profile_dir or PROFILE_DIR) / f"{chapter}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no parameter schema for chapter '{chapter}' at {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    params = spec.get("parameters") or {}
+    for name, rule in params.items():
+        unknown = set(rule) - RULE_KEYS
+        if unknown or rule.get("type") not in TYPES:
+            raise ValueError(f"{path}: bad rule for '{name}' (type must be one of {sorted(TYPES)}, "
+                             f"keys among {sorted(RULE_KEYS)})")
+    return {"parameters": params, "profiles": spec.get("profiles") or {}}
+
+
+def _check_scalar(chapter: str, name: str, value: Any, type_name: str, rule: Mapping, where: str = "") -> Any:
+    want = TYPES[type_name]
+    label = f"{name}{where}"
+    # bool is an int subclass: refuse True for an int parameter; accept an int where a float is expected.
+    if type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or (type_name in ("int", "float") and isinstance(value, bool)):
+        raise ParameterError(chapter, label, f"must be of type {type_name}, got {type(value).__name__} {value!r}")
+    if "choices" in rule and value not in rule["choices"]:
+        raise ParameterError(chapter, label, f"must be one of {rule['choices']}, got {value!r}")
+    if "min" in rule and value < rule["min"]:
+        raise ParameterError(chapter, label, f"must be >= {rule['min']}, got {value!r}")
+    if "max" in rule and value > rule["max"]:
+        raise ParameterError(chapter, label, f"must be <= {rule['max']}, got {value!r}")
+    return value
+
+
+def check_value(chapter: str, name: str, value: Any, rule: Mapping) -> Any:
+    """Validate one value against its rule; returns it (ints widened to float where a float is expected)."""
+    if value is None and rule.get("nullable"):
+        return None
+    if rule["type"] == "list":
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(chapter, name, f"must be a list, got {type(value).__name__} {value!r}")
+        if len(value) < rule.get("min_len", 0):
+            raise ParameterError(chapter, name, f"needs at least {rule['min_len']} entries, got {len(value)}")
+        if "max_len" in rule and len(value) > rule["max_len"]:
+            raise ParameterError(chapter, name, f"takes at most {rule['max_len']} entries, got {len(value)}")
+        item = rule.get("item")
+        if item is None:
+            return list(value)
+        return [_check_scalar(chapter, name, v, item, rule, f"[{i}]") for i, v in enumerate(value)]
+    return _check_scalar(chapter, name, value, rule["type"], rule)
+
+
+def validate(chapter: str, values: Mapping[str, Any], *, partial: bool = False,
+             profile_dir: Path | None = None) -> dict:
+    """Check ``values`` against the chapter's schema: unknown names, missing names (unless ``partial``),
+    types and ranges. Returns the validated values."""
+    rules = load_spec(chapter, profile_dir)["parameters"]
+    unknown = sorted(set(values) - set(rules) - {"profile"})
+    if unknown:
+        raise ParameterError(chapter, unknown[0], f"is not a parameter of this chapter (known: {sorted(rules)})")
+    if "profile" in values and values["profile"] not in PROFILES:
+        raise ParameterError(chapter, "profile", f"must be one of {list(PROFILES)}, got {values['profile']!r}")
+    if not partial:
+        missing = sorted(set(rules) - set(values))
+        if missing:
+            raise ParameterError(chapter, missing[0], "is missing from the parameters cell")
+    return {name: check_value(chapter, name, v, rules[name]) if name in rules else v for name, v in values.items()}
+
+
+def profile_values(chapter: str, profile: str, profile_dir: Path | None = None) -> dict:
+    """The validated papermill parameters of ``profile`` (plus ``profile`` itself)."""
+    if profile not in PROFILES:
+        raise ParameterError(chapter, "profile", f"must be one of {list(PROFILES)}, got {profile!r}")
+    spec = load_spec(chapter, profile_dir)
+    values = dict(spec["profiles"].get(profile) or {})
+    return {**validate(chapter, values, partial=True, profile_dir=profile_dir), "profile": profile}
+
+
+def parameters_from_namespace(chapter: str, namespace: Mapping[str, Any]) -> dict:
+    """Collect and validate the chapter's parameters from a notebook's globals()."""
+    rules = load_spec(chapter)["parameters"]
+    values = {name: namespace[name] for name in rules if name in namespace}
+    if "profile" in namespace:
+        values["profile"] = namespace["profile"]
+    return validate(chapter, values)

@@ -1,0 +1,105 @@
+"""Figures used across chapters, sized to read well at book width (about 7 inches)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+BOOK_WIDTH = 7.0
+
+
+def use_book_style() -> None:
+    """Consistent, legible defaults for every chapter."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titleweight": "bold",
+                         "figure.autolayout": False})
+
+
+def _to_hwc(img: torch.Tensor) -> np.ndarray:
+    img = img.detach().float().cpu()
+    if img.dim() == 3 and img.shape[0] in (1, 3):
+        img = img.permute(1, 2, 0)
+    img = img.squeeze(-1) if img.dim() == 3 and img.shape[-1] == 1 else img
+    return img.numpy()
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 10, *,
+               suptitle: str | None = None, cmap: str = "gray", cell: float = 0.7,
+               vmin: float | None = 0.0, vmax: float | None = 1.0):
+    """Show images (N, C, H, W) or (N, H, W) with values in [vmin, vmax] in a grid; returns the figure."""
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(min(BOOK_WIDTH, cell * ncols), cell * nrows * 1.15 + 0.3),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(_to_hwc(images[i]), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=7, pad=2)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(histories: Mapping[str, "object"], metrics: Sequence[str], *, titles: Sequence[str] | None = None,
+                    ylabels: Sequence[str] | None = None):
+    """One panel per metric, one line per run. ``histories`` maps a run name to a History or DataFrame."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(BOOK_WIDTH, 2.8), squeeze=False)
+    for j, metric in enumerate(metrics):
+        ax = axes[0, j]
+        for name, h in histories.items():
+            df = h.frame() if hasattr(h, "frame") else h
+            if metric in df:
+                ax.plot(df.index, df[metric], marker="o", ms=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabels[j] if ylabels else metric)
+        ax.set_title(titles[j] if titles else metric, fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        axes[0, -1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(table: np.ndarray, *, xlabel: str, ylabel: str, title: str, xticklabels="auto", yticklabels="auto",
+            fmt: str = ".2f", vmin: float | None = 0.0, vmax: float | None = 1.0, cmap: str = "viridis",
+            ax=None, annot: bool = True, cbar_label: str | None = None):
+    """Annotated heatmap; NaN cells (empty groups) are left blank."""
+    own = ax is None
+    if own:
+        size = min(BOOK_WIDTH, 0.55 * table.shape[1] + 2.2)
+        fig, ax = plt.subplots(figsize=(size, min(6.0, 0.45 * table.shape[0] + 1.6)))
+    sns.heatmap(table, annot=annot, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, ax=ax, square=False,
+                xticklabels=xticklabels, yticklabels=yticklabels, annot_kws={"fontsize": 7},
+                cbar_kws={"label": cbar_label} if cbar_label else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if own:
+        ax.figure.tight_layout()
+    return ax.figure
+
+
+def confusion_heatmap(cm: np.ndarray, *, title: str, class_names=None, ax=None):
+    """Row-normalised confusion matrix: row = true class, column = predicted class."""
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) if cm.max() > 1 else cm
+    names = class_names if class_names is not None else list(range(cm.shape[0]))
+    return heatmap(norm, xlabel="predicted class", ylabel="true class", title=title, xticklabels=names,
+                   yticklabels=names, ax=ax, cmap="Blues", cbar_label="fraction of the true class")
+
+
+def group_heatmap(table: np.ndarray, *, title: str, target_names=None, bias_names=None, ax=None,
+                  target_label: str = "target (digit)", bias_label: str = "bias attribute (colour)"):
+    """(target × bias) accuracy table, e.g. digit × background colour."""
+    return heatmap(table, xlabel=bias_label, ylabel=target_label, title=title,
+                   xticklabels=bias_names if bias_names is not None else "auto",
+                   yticklabels=target_names if target_names is not None else "auto", ax=ax,
+                   cbar_label="accuracy", cmap="magma")

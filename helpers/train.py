@@ -1,0 +1,273 @@
+"""The book's one training loop: tensors on the device, shuffled index batches, a hook for the step.
+
+Every chapter trains through :func:`fit`. A method supplies a *step function* that receives one
+:class:`Batch` and returns the scalars it wants logged; plain supervised training uses
+:func:`supervised_step`, multi-network methods (two models, two optimisers, alternating updates) write their
+own step and pass all their networks in ``modules``. Everything else (batching, shuffling, bf16 autocast on
+CUDA, progress bars, the per-epoch history, evaluation, early stopping, LR schedules) is shared.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from helpers.device import autocast, memory_format
+from helpers.tensordata import TensorData
+
+
+@dataclass
+class Batch:
+    """One mini-batch; ``idx`` are the rows of the training set it came from (for per-sample state)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    bias: torch.Tensor | None
+    extras: dict[str, torch.Tensor]
+    idx: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+StepFn = Callable[[Batch], Mapping[str, "float | torch.Tensor"]]
+EpochSampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, epoch: int, row: dict, history: "History") -> bool | None:
+        """Return True to stop training after this epoch."""
+
+
+@dataclass
+class History:
+    """Per-epoch rows of logged scalars; ``frame()`` shows them as a table."""
+
+    rows: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows).set_index("epoch") if self.rows else pd.DataFrame()
+
+    def column(self, name: str) -> list[float]:
+        return [r[name] for r in self.rows if name in r]
+
+    def to_state(self) -> dict:
+        """Plain dict (weights_only-loadable) for checkpoints."""
+        return {"rows": [dict(r) for r in self.rows], "stopped_early": self.stopped_early}
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> "History":
+        return cls([dict(r) for r in state["rows"]], bool(state.get("stopped_early", False)))
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+def shuffled(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Default epoch order: a uniform permutation."""
+    return torch.randperm(n, generator=gen)
+
+
+def class_balanced(labels: torch.Tensor) -> EpochSampler:
+    """Epoch order drawing each class equally often (with replacement), epoch length = len(labels)."""
+    labels = labels.cpu()
+    weights = 1.0 / torch.bincount(labels).float()[labels]
+
+    def sample(n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+    return sample
+
+
+def weighted(weights: torch.Tensor) -> EpochSampler:
+    """Epoch order drawn with replacement in proportion to per-sample ``weights``."""
+    weights = weights.detach().float().cpu()
+
+    def sample(n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(weights, n, replacement=True, generator=gen)
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------------- loop
+def fit(
+    train: TensorData,
+    step: StepFn,
+    *,
+    epochs: int,
+    batch_size: int,
+    modules: nn.Module | Sequence[nn.Module],
+    seed: int,
+    evaluate: Callable[[], Mapping[str, float]] | None = None,
+    schedulers: Iterable = (),
+    callbacks: Iterable[Callback] = (),
+    sampler: EpochSampler = shuffled,
+    drop_last: bool = False,
+    min_batch: int = 1,
+    progress: bool = True,
+    desc: str = "train",
+) -> History:
+    """Train for ``epochs`` epochs over ``train`` (already on the training device).
+
+    Each epoch draws an index order from ``sampler`` with a generator seeded from ``seed`` (so batch order is
+    reproducible and independent of other random draws), cuts it into batches of ``batch_size`` and calls
+    ``step`` on each inside bf16 autocast on CUDA. A final batch smaller than ``min_batch`` is dropped (some
+    estimators, e.g. unbiased HSIC, are undefined on tiny batches); ``drop_last`` drops any incomplete one.
+    Scalars returned by ``step`` are averaged over the epoch (weighted by batch size); ``evaluate()`` runs
+    after each epoch with the modules in eval mode; ``schedulers`` step once per epoch; a callback returning
+    True stops training.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(train) == 0:
+        raise ValueError("the training set is empty")
+    modules = [modules] if isinstance(modules, nn.Module) else list(modules)
+    schedulers, callbacks = list(schedulers), list(callbacks)
+    device = train.device
+    gen = torch.Generator().manual_seed(int(seed))
+    history = History()
+    n = len(train)
+    full_batches = n // batch_size
+    last = n - full_batches * batch_size
+    keep_last = last > 0 and not drop_last and last >= min_batch
+    n_batches = full_batches + int(keep_last)
+    if n_batches == 0:
+        raise ValueError(f"no batch left: {n} samples, batch_size={batch_size}, min_batch={min_batch}, "
+                         f"drop_last={drop_last}")
+
+    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        for m in modules:
+            m.train()
+        order = sampler(n, gen).to(device)
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        for b in tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not progress):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            batch = Batch(
+                train.x[idx], train.y[idx], None if train.bias is None else train.bias[idx],
+                {k: v[idx] for k, v in train.extras.items()}, idx,
+            )
+            with autocast(device):
+                logged = step(batch)
+            k = len(idx)
+            seen += k
+            for name, value in logged.items():
+                value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+                sums[name] = sums.get(name, 0.0) + value * k  # stays on device: no sync per step
+        row = {"epoch": epoch, **{name: float(s) / seen for name, s in sums.items()}}
+        for sched in schedulers:
+            sched.step()
+        if evaluate is not None:
+            for m in modules:
+                m.eval()
+            with torch.no_grad():
+                row.update({k: float(v) for k, v in evaluate().items()})
+        row["time_s"] = time.perf_counter() - t0
+        history.rows.append(row)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
+        if any(cb.on_epoch_end(epoch, row, history) for cb in callbacks):
+            history.stopped_early = epoch < epochs
+            break
+    for m in modules:
+        m.eval()
+    return history
+
+
+# ------------------------------------------------------------------------------------------ standard steps
+def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> StepFn:
+    """Plain ERM: one forward, ``loss_fn(logits, y)``, one optimiser step. Logs loss and accuracy."""
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        logits = model(batch.x)
+        loss = loss_fn(logits, batch.y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss, "acc": (logits.argmax(1) == batch.y).float().mean()}
+
+    return step
+
+
+@torch.no_grad()
+def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: TensorData | torch.Tensor,
+            batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored)."""
+    x = data.x if isinstance(data, TensorData) else data
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        outs = []
+        for start in range(0, len(x), batch_size):
+            with autocast(x.device):
+                outs.append(model(x[start : start + batch_size]).float())
+        return torch.cat(outs) if outs else torch.empty(0)
+    finally:
+        if isinstance(model, nn.Module):
+            model.train(was_training)
+
+
+def accuracy_on(model: nn.Module, data: TensorData, batch_size: int = 1024) -> float:
+    """Fraction of ``data`` that ``model`` classifies correctly."""
+    return float((predict(model, data, batch_size).argmax(1) == data.y).float().mean())
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs (``mode`` 'max' or 'min')."""
+
+    def __init__(self, monitor: str, patience: int, mode: str = "max", min_delta: float = 0.0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor, self.patience, self.mode, self.min_delta = monitor, patience, mode, min_delta
+        self.best = -math.inf if mode == "max" else math.inf
+        self.bad_epochs = 0
+
+    def on_epoch_end(self, epoch: int, row: dict, history: History) -> bool:
+        value = row[self.monitor]
+        improved = value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+        if improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+class KeepBest:
+    """Remember the modules' weights at the epoch with the best ``monitor`` value; ``restore()`` loads them."""
+
+    def __init__(self, modules: nn.Module | Sequence[nn.Module], monitor: str, mode: str = "max"):
+        self.modules = [modules] if isinstance(modules, nn.Module) else list(modules)
+        self.monitor, self.mode = monitor, mode
+        self.best, self.best_epoch, self.states = None, None, None
+
+    def on_epoch_end(self, epoch: int, row: dict, history: History) -> None:
+        value = row[self.monitor]
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best, self.best_epoch = value, epoch
+            self.states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules]
+
+    def restore(self) -> int:
+        """Load the best weights back; return the selected epoch."""
+        if self.states is None:
+            raise RuntimeError("KeepBest.restore() called before any epoch ended")
+        for m, s in zip(self.modules, self.states):
+            m.load_state_dict(s)
+        return self.best_epoch
+
+
+def to_device(data: TensorData, device) -> TensorData:
+    """Move a dataset to ``device`` in the device's preferred image layout (channels_last on CUDA)."""
+    return data.to(device, memory_format(device))
