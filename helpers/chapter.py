@@ -38,13 +38,16 @@ RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"
 
 
 def git_commit() -> str:
-    """``git describe --always --dirty`` of the repository, or 'unknown' outside a checkout."""
+    """Commit the run used: ``<sha>``, with ``-dirty`` when helpers/ or notebooks/ differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--", "helpers", "notebooks")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (sha or "unknown") + ("-dirty" if sha and dirty else "")
 
 
 def _jsonable(value: Any) -> Any:

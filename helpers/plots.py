@@ -93,7 +93,7 @@ def confusion_heatmap(cm: np.ndarray, *, title: str, class_names=None, ax=None):
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) if cm.max() > 1 else cm
     names = class_names if class_names is not None else list(range(cm.shape[0]))
     return heatmap(norm, xlabel="predicted class", ylabel="true class", title=title, xticklabels=names,
-                   yticklabels=names, ax=ax, cmap="Blues", cbar_label="fraction of the true class")
+                   yticklabels=names, ax=ax, cmap="Blues", cbar_label="fraction of the row")
 
 
 def group_heatmap(table: np.ndarray, *, title: str, target_names=None, bias_names=None, ax=None,

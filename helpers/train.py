@@ -10,6 +10,7 @@ CUDA, progress bars, the per-epoch history, evaluation, early stopping, LR sched
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
@@ -97,6 +98,12 @@ def weighted(weights: torch.Tensor) -> EpochSampler:
 
 
 # --------------------------------------------------------------------------------------------------- loop
+def progress_enabled() -> bool:
+    """Progress bars are on unless ``TQDM_DISABLE`` is set (the book runner sets it: a static page cannot
+    render widget progress bars, and the per-epoch history tables carry the same information)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+
+
 def fit(
     train: TensorData,
     step: StepFn,
@@ -111,7 +118,7 @@ def fit(
     sampler: EpochSampler = shuffled,
     drop_last: bool = False,
     min_batch: int = 1,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "train",
 ) -> History:
     """Train for ``epochs`` epochs over ``train`` (already on the training device).
@@ -122,10 +129,12 @@ def fit(
     estimators, e.g. unbiased HSIC, are undefined on tiny batches); ``drop_last`` drops any incomplete one.
     Scalars returned by ``step`` are averaged over the epoch (weighted by batch size); ``evaluate()`` runs
     after each epoch with the modules in eval mode; ``schedulers`` step once per epoch; a callback returning
-    True stops training.
+    True stops training. ``progress=None`` follows :func:`progress_enabled`.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if progress is None:
+        progress = progress_enabled()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(train) == 0:

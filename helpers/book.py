@@ -1,0 +1,272 @@
+"""The book runner: execute chapters with papermill into ``book/``, then render the HTML with Jupyter Book.
+
+    python -m helpers.book run [--profile quick] [--chapters 01 03] [--force] [--no-html]
+    python -m helpers.book prepare --profile smoke --out build/nbval     # parameterised copies (for nbval)
+    python -m helpers.book html                                           # render book/ to _build/html
+    python -m helpers.book list                                           # the chapters and their state
+
+For each chapter the runner validates the profile's parameters against the chapter's schema (before anything
+runs), skips the chapter when the hash of its source, its parameters and the ``helpers`` package matches the hash
+stored in the executed copy, and otherwise executes it into a temporary file. On success the executed copy is moved
+into ``book/`` with papermill's injected-parameters cell tagged ``remove-cell`` (hidden in the HTML, kept for
+provenance) and the chapter's results record into ``book/results/``. On failure the run stops, names the chapter
+and the failing cell, and keeps the partial notebook in ``build/failed/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from helpers.params import PROFILES, ParameterError, profile_values
+from helpers.paths import REPO_ROOT
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+BOOK = REPO_ROOT / "book"
+RESULTS = BOOK / "results"
+FAILED = REPO_ROOT / "build" / "failed"
+META_KEY = "shortcut_book"
+KERNEL = "python3"
+
+
+class ChapterFailed(RuntimeError):
+    pass
+
+
+def chapters(selection: list[str] | None = None) -> list[Path]:
+    """Source notebooks in order; ``selection`` entries match a chapter's number or full stem."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if not selection:
+        return found
+    chosen = []
+    for sel in selection:
+        hits = [p for p in found if p.stem == sel or p.stem.split("_", 1)[0] == sel]
+        if not hits:
+            raise SystemExit(f"error: unknown chapter {sel!r} (chapters: {', '.join(p.stem for p in found)})")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+helpers(?:\.(\w+))?[ \t]+import[ \t]+(\([^)]*\)|[\w ,*\t]+)"
+                     r"|import[ \t]+helpers\.(\w+))", re.M)
+
+
+def helper_modules(code: str) -> set[str]:
+    """The ``helpers`` modules that ``code`` imports, followed transitively through the package."""
+    package = REPO_ROOT / "helpers"
+    found, todo = {"__init__"}, [code, (package / "__init__.py").read_text()]
+    while todo:
+        for sub, names, plain in _IMPORT.findall(todo.pop()):
+            candidates = [sub or plain] if (sub or plain) else [n.split(" as ")[0].strip("()\n\t ") for n in names.split(",")]
+            for name in candidates:
+                if name and name not in found and (package / f"{name}.py").is_file():
+                    found.add(name)
+                    todo.append((package / f"{name}.py").read_text())
+    return found
+
+
+def source_hash(src: Path, params: dict) -> str:
+    """What an executed copy depends on: the cells' sources, the parameters and the helpers modules it uses."""
+    nb = nbformat.read(src, as_version=4)
+    h = hashlib.sha256()
+    for cell in nb.cells:
+        h.update(cell.cell_type.encode())
+        h.update(cell.source.encode())
+    h.update(json.dumps(params, sort_keys=True).encode())
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for name in sorted(helper_modules(code)):
+        h.update(name.encode())
+        h.update((REPO_ROOT / "helpers" / f"{name}.py").read_bytes())
+    return h.hexdigest()
+
+
+def executed_path(src: Path) -> Path:
+    return BOOK / src.name
+
+
+def stored_hash(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    return nbformat.read(path, as_version=4).metadata.get(META_KEY, {}).get("hash")
+
+
+def _finalise(nb_path: Path, digest: str, profile: str) -> None:
+    """Hide papermill's injected cell, record the source hash, drop per-run kernel noise."""
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = tags + ["remove-cell"]
+    nb.metadata[META_KEY] = {"hash": digest, "profile": profile}
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, nb_path)
+
+
+def _kernel_env(results_dir: Path) -> dict:
+    env = dict(os.environ)
+    env["SHORTCUT_BOOK_RESULTS"] = str(results_dir)
+    env.setdefault("TQDM_DISABLE", "1")  # widget progress bars cannot be rendered in the static book
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    return env
+
+
+def _describe_failure(exc: Exception, partial: Path) -> str:
+    cell = "unknown cell"
+    try:
+        nb = nbformat.read(partial, as_version=4)
+        for i, c in enumerate(nb.cells):
+            if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+                first = c.source.strip().splitlines()[0] if c.source.strip() else ""
+                cell = f"cell {i} (execution count {c.get('execution_count')}): {first[:80]!r}"
+                break
+    except Exception:  # noqa: BLE001 - the partial may be unreadable; the message still names the chapter
+        pass
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    return f"{cell}: {ename}: {evalue}"
+
+
+def execute(src: Path, profile: str, *, force: bool = False) -> str:
+    """Execute one chapter into book/; returns 'executed' or 'skipped'."""
+    import papermill as pm
+
+    params = profile_values(src.stem, profile)
+    digest = source_hash(src, params)
+    out = executed_path(src)
+    if not force and stored_hash(out) == digest and (RESULTS / f"{src.stem}.json").is_file():
+        return "skipped"
+    with tempfile.TemporaryDirectory(prefix=f"{src.stem}-") as tmp:
+        tmp_nb, tmp_results = Path(tmp) / src.name, Path(tmp) / "results"
+        tmp_results.mkdir()
+        old_env = dict(os.environ)
+        os.environ.update(_kernel_env(tmp_results))
+        try:
+            pm.execute_notebook(str(src), str(tmp_nb), parameters=params, kernel_name=KERNEL, cwd=str(NOTEBOOKS),
+                                progress_bar=False, log_output=False)
+        except Exception as exc:  # noqa: BLE001 - papermill raises its own error types and kernel errors
+            FAILED.mkdir(parents=True, exist_ok=True)
+            kept = FAILED / src.name
+            if tmp_nb.is_file():
+                shutil.copy(tmp_nb, kept)
+            raise ChapterFailed(f"chapter {src.stem} failed at {_describe_failure(exc, tmp_nb)}\n"
+                                f"partial notebook kept at {kept.relative_to(REPO_ROOT)}") from None
+        finally:
+            os.environ.clear()
+            os.environ.update(old_env)
+        record = tmp_results / f"{src.stem}.json"
+        if not record.is_file():
+            raise ChapterFailed(f"chapter {src.stem} ran but wrote no results record: its last cell must call "
+                                "run.finish(metrics=..., seeds=...)")
+        _finalise(tmp_nb, digest, profile)
+        BOOK.mkdir(exist_ok=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(record), RESULTS / record.name)
+        shutil.move(str(tmp_nb), out)
+    return "executed"
+
+
+def prepare(profile: str, out_dir: Path, selection: list[str] | None = None) -> list[Path]:
+    """Write parameterised, unexecuted copies (papermill --prepare-only) for nbval."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in chapters(selection):
+        params = profile_values(src.stem, profile)
+        dst = out_dir / src.name
+        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=KERNEL, prepare_only=True,
+                            progress_bar=False)
+        written.append(dst)
+    return written
+
+
+def build_html(output: Path | None = None) -> Path:
+    """Render the book (pre-executed notebooks only; execute_notebooks is 'off') to ``<output>/html``."""
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(REPO_ROOT), "--builder", "html"]
+    if output is not None:
+        cmd += ["--path-output", str(output)]
+    subprocess.run(cmd, check=True)
+    return (output or REPO_ROOT) / "_build" / "html"
+
+
+def _validate_all(srcs: list[Path], profile: str) -> None:
+    """Check every selected chapter's parameters before executing any of them."""
+    for src in srcs:
+        profile_values(src.stem, profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.book", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="execute chapters into book/ and build the HTML")
+    run_p.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
+    run_p.add_argument("--chapters", nargs="*", help="chapter numbers or stems (default: all)")
+    run_p.add_argument("--force", action="store_true", help="re-execute even if nothing changed")
+    run_p.add_argument("--no-html", action="store_true", help="skip jupyter-book build")
+    run_p.add_argument("--retrain", action="store_true",
+                       help="ignore cached checkpoints (train every network again), e.g. for the published copies")
+    prep_p = sub.add_parser("prepare", help="write parameterised copies without executing them")
+    prep_p.add_argument("--profile", default="smoke")
+    prep_p.add_argument("--chapters", nargs="*")
+    prep_p.add_argument("--out", type=Path, required=True)
+    html_p = sub.add_parser("html", help="render book/ to _build/html")
+    html_p.add_argument("--output", type=Path, default=None, help="folder that receives _build/ (default: repo root)")
+    sub.add_parser("list", help="list chapters and whether their executed copy is current")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "prepare":
+            for path in prepare(args.profile, args.out, args.chapters):
+                print(f"prepared {path}")
+            return 0
+        if args.command == "html":
+            print(f"HTML in {build_html(args.output)}")
+            return 0
+        if args.command == "list":
+            for src in chapters():
+                state = "current" if stored_hash(executed_path(src)) == source_hash(
+                    src, profile_values(src.stem, (stored_profile(src) or "quick"))) else "stale or missing"
+                print(f"{src.stem:<32} {stored_profile(src) or '-':<6} {state}")
+            return 0
+        srcs = chapters(args.chapters)
+        _validate_all(srcs, args.profile)
+        if args.retrain:
+            os.environ["SHORTCUT_BOOK_RETRAIN"] = "1"  # inherited by the kernels; read by cached_run
+        t_all = time.perf_counter()
+        for i, src in enumerate(srcs, start=1):
+            print(f"[{i}/{len(srcs)}] {src.stem} ({args.profile}) ...", flush=True)
+            t0 = time.perf_counter()
+            state = execute(src, args.profile, force=args.force)
+            print(f"[{i}/{len(srcs)}] {src.stem}: {state} in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"all chapters done in {time.perf_counter() - t_all:.0f} s", flush=True)
+        if not args.no_html:
+            print(f"HTML in {build_html()}")
+        return 0
+    except (ParameterError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ChapterFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def stored_profile(src: Path) -> str | None:
+    path = executed_path(src)
+    if not path.is_file():
+        return None
+    return nbformat.read(path, as_version=4).metadata.get(META_KEY, {}).get("profile")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+import glob
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from helpers import book
+from helpers.params import ParameterError, PROFILES, load_spec, profile_values, validate
+
+CHAPTERS = sorted(Path(p).stem for p in glob.glob(str(book.NOTEBOOKS / "[0-9][0-9]_*.ipynb")))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_schema_matches_parameters_cell(chapter):
+    cell = set(pm.inspect_notebook(str(book.NOTEBOOKS / f"{chapter}.ipynb")))
+    schema = set(load_spec(chapter)["parameters"])
+    assert cell - {"profile"} == schema, f"parameters cell and schema differ: {sorted(cell ^ (schema | {'profile'}))}"
+    assert "profile" in cell and "seed" in cell
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_is_valid(chapter, profile):
+    values = profile_values(chapter, profile)
+    assert values["profile"] == profile
+
+
+def test_errors_name_the_parameter():
+    ch = "01_shortcut_learning"
+    cases = [
+        ({"epochs": "3"}, "epochs", "type int"),
+        ({"epochs": 0}, "epochs", ">= 1"),
+        ({"rhos": [0.5, 1.5]}, r"rhos\[1\]", "<= 1.0"),
+        ({"device": "tpu"}, "device", "one of"),
+        ({"colour": 3}, "colour", "not a parameter"),
+        ({"epochs": True}, "epochs", "type int"),
+        ({"profile": "huge"}, "profile", "one of"),
+    ]
+    for values, name, text in cases:
+        with pytest.raises(ParameterError, match=rf"parameter '{name}' .*{text}"):
+            validate(ch, values, partial=True)
+    assert validate(ch, {"lr": 1}, partial=True)["lr"] == 1.0  # an int is a valid float
+
+
+def test_unknown_profile_fails_before_running(capsys):
+    assert book.main(["run", "--profile", "gigantic", "--chapters", "01", "--no-html"]) == 2
+    assert "parameter 'profile'" in capsys.readouterr().err
+
+
+def test_bad_profile_file_fails_before_running(tmp_path, monkeypatch):
+    (tmp_path / "01_shortcut_learning.yaml").write_text(
+        (book.NOTEBOOKS / "profiles" / "01_shortcut_learning.yaml").read_text().replace("epochs: 1}", "epochs: -4}"))
+    with pytest.raises(ParameterError, match="'epochs'"):
+        profile_values("01_shortcut_learning", "smoke", profile_dir=tmp_path)
+
+
+def test_unknown_chapter_is_refused():
+    with pytest.raises(SystemExit, match="unknown chapter"):
+        book.chapters(["99"])
+
+
+def test_hash_follows_helper_imports():
+    mods = book.helper_modules("import numpy\nfrom helpers.train import fit\nfrom helpers import (metrics as M,\n plots)\n")
+    assert {"train", "metrics", "plots", "tensordata", "device", "__init__"} <= mods
+    assert "biased_mnist" not in mods and "numpy" not in mods

@@ -1,0 +1,120 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.checkpoint import cached_run, checkpoint_path
+from helpers.seed import seed_everything
+from helpers.tensordata import TensorData
+from helpers.train import EarlyStopping, KeepBest, class_balanced, fit, predict, supervised_step
+
+
+def _toy(n=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 4, 4, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    return TensorData(x, y, bias=torch.zeros(n, dtype=torch.long))
+
+
+def _model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _train(seed, epochs=3):
+    data = _toy()
+    seed_everything(seed)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    h = fit(data, supervised_step(model, opt), epochs=epochs, batch_size=32, modules=model, seed=seed,
+            progress=False, evaluate=lambda: {"acc_eval": float((predict(model, data).argmax(1) == data.y).float().mean())})
+    return model, h
+
+
+def test_loss_decreases():
+    _, h = _train(0, epochs=4)
+    losses = h.column("loss")
+    assert losses[-1] < 0.6 * losses[0]
+    assert h.column("acc_eval")[-1] > 0.9
+
+
+def test_same_seed_same_metrics_and_weights():
+    m1, h1 = _train(7)
+    m2, h2 = _train(7)
+    m3, h3 = _train(8)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h.rows]
+    assert strip(h1) == strip(h2)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert strip(h1) != strip(h3)
+
+
+def test_custom_step_drives_two_networks_and_min_batch():
+    data = _toy(n=70)
+    f, g = _model(), _model()
+    opt_f, opt_g = torch.optim.SGD(f.parameters(), lr=0.1), torch.optim.SGD(g.parameters(), lr=0.1)
+    sizes = []
+
+    def step(batch):
+        sizes.append(len(batch))
+        for net, opt in ((g, opt_g), (f, opt_f)):
+            loss = F.cross_entropy(net(batch.x), batch.y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return {"loss_f": loss}
+
+    g_before = [p.clone() for p in g.parameters()]
+    fit(data, step, epochs=2, batch_size=32, modules=[f, g], seed=0, min_batch=8, progress=False)
+    assert sizes == [32, 32, 32, 32]  # the final batch of 6 < min_batch is dropped
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, g.parameters()))
+    assert not f.training and not g.training
+
+
+def test_early_stopping_and_keep_best():
+    data = _toy()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing improves
+    keep = KeepBest(model, "acc", mode="max")
+    h = fit(data, supervised_step(model, opt), epochs=10, batch_size=64, modules=model, seed=0, progress=False,
+            callbacks=[keep, EarlyStopping("acc", patience=2)])
+    assert len(h.rows) == 3 and h.stopped_early
+    assert keep.restore() == 1
+
+
+def test_class_balanced_sampler_balances():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    idx = class_balanced(labels)(20000, torch.Generator().manual_seed(0))
+    share = float((labels[idx] == 1).float().mean())
+    assert 0.47 < share < 0.53
+
+
+def test_checkpoint_cache_round_trip_and_corruption(tmp_path):
+    data = _toy()
+    calls = []
+
+    def make():
+        seed_everything(0)
+        m = _model()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+        def train():
+            calls.append(1)
+            h = fit(data, supervised_step(m, opt), epochs=1, batch_size=64, modules=m, seed=0, progress=False)
+            return {"history": h.to_state()}
+
+        return m, train
+
+    config = {"test": 1}
+    m1, t1 = make()
+    out1 = cached_run("toy", config, {"m": m1}, t1, root=tmp_path)
+    m2, t2 = make()
+    out2 = cached_run("toy", config, {"m": m2}, t2, root=tmp_path)
+    assert len(calls) == 1 and out2["from_cache"] and not out1["from_cache"]
+    assert out2["history"]["rows"][0]["loss"] == out1["history"]["rows"][0]["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    # A damaged file fails its checksum and the run trains again.
+    path = checkpoint_path("toy", config, tmp_path)
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    m3, t3 = make()
+    assert not cached_run("toy", config, {"m": m3}, t3, root=tmp_path)["from_cache"]
+    assert len(calls) == 2
+    # A different configuration is a different file.
+    assert checkpoint_path("toy", {"test": 2}, tmp_path) != path
