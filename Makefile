@@ -6,6 +6,8 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= quick
 CHAPTERS ?=
+FORCE   ?=
+RETRAIN ?=
 STAMP   := $(VENV)/.installed
 
 .PHONY: book html test unit nbval lab benchmark clean distclean
@@ -18,7 +20,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	$(PY) -m helpers.book run --profile $(PROFILE) $(if $(CHAPTERS),--chapters $(CHAPTERS))
+	$(PY) -m helpers.book run --profile $(PROFILE) $(if $(CHAPTERS),--chapters $(CHAPTERS)) \
+		$(if $(FORCE),--force) $(if $(RETRAIN),--retrain)
 
 html: $(STAMP)
 	$(PY) -m helpers.book html
