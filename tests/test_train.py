@@ -86,7 +86,8 @@ def test_class_balanced_sampler_balances():
     assert 0.47 < share < 0.53
 
 
-def test_checkpoint_cache_round_trip_and_corruption(tmp_path):
+def test_checkpoint_cache_round_trip_and_corruption(tmp_path, monkeypatch):
+    monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)
     data = _toy()
     calls = []
 
@@ -118,3 +119,12 @@ def test_checkpoint_cache_round_trip_and_corruption(tmp_path):
     assert len(calls) == 2
     # A different configuration is a different file.
     assert checkpoint_path("toy", {"test": 2}, tmp_path) != path
+
+
+def test_retrain_switch_ignores_the_cache(tmp_path, monkeypatch):
+    calls = []
+    model = _model()
+    cached_run("toy", {"x": 1}, {"m": model}, lambda: calls.append(1) or {}, root=tmp_path)
+    monkeypatch.setenv("SHORTCUT_BOOK_RETRAIN", "1")
+    assert not cached_run("toy", {"x": 1}, {"m": model}, lambda: calls.append(1) or {}, root=tmp_path)["from_cache"]
+    assert len(calls) == 2
