@@ -39,3 +39,11 @@ def test_executed_copy_and_record_exist(path):
     assert all("remove-cell" in c["metadata"]["tags"] for c in injected)
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: Path(p).stem)
+def test_chapter_is_in_the_toc_and_the_readme(path):
+    stem = Path(path).stem
+    root = NOTEBOOKS.parent
+    assert f"file: book/{stem}\n" in (root / "_toc.yml").read_text(), f"{stem} missing from _toc.yml"
+    assert f"`notebooks/{stem}.ipynb`" in (root / "README.md").read_text(), f"{stem} missing from README's table"

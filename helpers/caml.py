@@ -1,0 +1,196 @@
+"""CAML on frozen features: bias-amplified adapter, k-means pseudo-groups, adaptive angular-margin loss.
+
+Stage 1 trains a small adapter (D → 128 tanh → 2) with cross-entropy, class-balanced sampling and a high weight
+decay, and keeps the epoch with the best *training* accuracy (the most fitted, most biased head). Stage 2 clusters
+the adapter's L2-normalised hidden features with k-means; each cluster's class composition is a row of the margin
+table ``M``. Stage 3 trains a fresh cosine head (D → 128 ReLU, 2 normalised class vectors) with an ArcFace-style
+margin on both class logits, the margins redrawn at each step as ``1 - N(M[c_i, j], sigma^2)``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.feature_folder import FeatureSplit
+from helpers.tensordata import TensorData
+from helpers.train import Batch, History, KeepBest, class_balanced, fit, predict, shuffled
+
+
+def as_tensordata(split: FeatureSplit, **extras: torch.Tensor) -> TensorData:
+    """A FeatureSplit as the TensorData that :func:`helpers.train.fit` slices (bias kept for evaluation only)."""
+    return TensorData(split.feats, split.targets, split.bias, dict(extras))
+
+
+class Adapter(nn.Module):
+    """ERM / bias-amplified adapter: ``tanh(W1 z)`` (128-d) then a linear 2-way classifier."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"dim and hidden must be >= 1, got dim={dim}, hidden={hidden}")
+        self.hidden = nn.Linear(dim, hidden)
+        self.out = nn.Linear(hidden, 2)
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """L2-normalised hidden features (what stage 2 clusters)."""
+        return F.normalize(torch.tanh(self.hidden(z)), dim=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.hidden(z)))
+
+
+class MarginHead(nn.Module):
+    """CAML head: ``h = ReLU(W1 z)``; returns ``cos(theta_j) = <h/|h|, W_j/|W_j|>`` for the two classes."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"dim and hidden must be >= 1, got dim={dim}, hidden={hidden}")
+        self.hidden = nn.Linear(dim, hidden)
+        self.weight = nn.Parameter(torch.empty(2, hidden))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.normalize(F.relu(self.hidden(z)), dim=1)
+        return h @ F.normalize(self.weight, dim=1).t()
+
+
+# --------------------------------------------------------------------------------------------- stage 3 loss
+def angular_margin_logits(cos: torch.Tensor, margins: torch.Tensor, scale: float) -> torch.Tensor:
+    """``s * cos(theta + m)`` on every class logit, with ArcFace's fallback ``cos - m sin(pi - m)`` past pi."""
+    if cos.shape != margins.shape:
+        raise ValueError(f"margins must have the shape of cos {tuple(cos.shape)}, got {tuple(margins.shape)}")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    cos = cos.float().clamp(-1.0, 1.0)
+    margins = margins.float()
+    sin = torch.sqrt((1.0 - cos * cos).clamp(0.0, 1.0))
+    phi = cos * torch.cos(margins) - sin * torch.sin(margins)
+    fallback = cos - margins * torch.sin(math.pi - margins)
+    phi = torch.where(cos > torch.cos(math.pi - margins), phi, fallback)
+    return scale * phi
+
+
+def adaptive_margin_loss(cos: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cross-entropy on :func:`angular_margin_logits`; with all margins 0 it is plain scaled-cosine CE."""
+    return F.cross_entropy(angular_margin_logits(cos, margins, scale), y)
+
+
+def sample_margins(table: torch.Tensor, clusters: torch.Tensor, sigma: float, gen: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """Per-sample margins ``m_ij = 1 - eps_ij``, ``eps_ij ~ N(M[c_i, j], sigma^2)``; shape (B, 2)."""
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    mean = table[clusters]
+    noise = torch.randn(mean.shape, generator=gen, device="cpu").to(mean.device) if sigma > 0 else 0.0
+    return 1.0 - (mean + sigma * noise)
+
+
+# ------------------------------------------------------------------------------------------- stage 1 and 2
+def _check_common(epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
+def train_adapter(model: Adapter, train: TensorData, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+                  seed: int, balanced: bool = True, select_on: TensorData | None = None, desc: str = "adapter"
+                  ) -> tuple[History, int]:
+    """Train an :class:`Adapter` with Adam and CE; keep the epoch with the best accuracy on ``select_on``.
+
+    Stage 1 (bias amplification): ``balanced=True`` (class-balanced sampling), ``select_on=None`` — selection by
+    *training* accuracy. ERM: ``balanced=False`` and ``select_on=val`` (plain validation accuracy).
+    """
+    _check_common(epochs, batch_size, lr, weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    ref = train if select_on is None else select_on
+
+    def step(batch: Batch) -> dict:
+        logits = model(batch.x)
+        loss = F.cross_entropy(logits, batch.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss}
+
+    keep = KeepBest(model, "select_acc")
+    h = fit(train, step, epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
+            sampler=class_balanced(train.y) if balanced else shuffled,
+            evaluate=lambda: {"select_acc": float((predict(model, ref).argmax(1) == ref.y).float().mean())},
+            callbacks=[keep])
+    best = keep.restore()
+    return h, best
+
+
+def pseudo_groups(features: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, k: int,
+                  random_state: int = 0) -> dict:
+    """K-means (``n_init=10``) on ``features``; returns cluster ids, the margin table and NMI diagnostics.
+
+    ``table[c, j]`` = share of class j inside cluster c (rows sum to 1; an empty cluster gets 0.5 / 0.5).
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if int(k) > len(features):
+        raise ValueError(f"k must be <= the number of samples ({len(features)}), got {k}")
+    x = features.detach().float().cpu().numpy()
+    labels = KMeans(n_clusters=int(k), n_init=10, random_state=random_state).fit(x).labels_
+    y = targets.cpu().numpy()
+    table = np.full((int(k), 2), 0.5)
+    sizes = np.zeros(int(k), dtype=int)
+    for c in range(int(k)):
+        members = labels == c
+        sizes[c] = int(members.sum())
+        if sizes[c]:
+            table[c, 1] = float(y[members].mean())
+            table[c, 0] = 1.0 - table[c, 1]
+    out = {"clusters": torch.as_tensor(labels, dtype=torch.long), "table": torch.as_tensor(table, dtype=torch.float32),
+           "sizes": sizes.tolist(), "nmi_target": float(nmi(y, labels))}
+    if bias is not None:
+        b = bias.cpu().numpy()
+        out["nmi_bias"] = float(nmi(b, labels))
+        out["bias_share"] = [float(b[labels == c].mean()) if sizes[c] else float("nan") for c in range(int(k))]
+    return out
+
+
+def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: torch.Tensor, table: torch.Tensor, *,
+               epochs: int, batch_size: int, lr: float, weight_decay: float, sigma: float, scale: float,
+               seed: int, clip: float = 0.25, desc: str = "CAML") -> tuple[History, int]:
+    """Stage 3: adaptive margin loss, Adam, gradient clipping; keep the epoch with the best plain val accuracy."""
+    _check_common(epochs, batch_size, lr, weight_decay)
+    if len(clusters) != len(train):
+        raise ValueError(f"clusters must have one id per training sample ({len(train)}), got {len(clusters)}")
+    if clip <= 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    clusters, table = clusters.to(train.device), table.to(train.device)
+
+    def step(batch: Batch) -> dict:
+        m = sample_margins(table, clusters[batch.idx], sigma, gen)
+        loss = adaptive_margin_loss(model(batch.x), batch.y, m, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return {"loss": loss}
+
+    keep = KeepBest(model, "val_acc")
+    h = fit(train, step, epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
+            evaluate=lambda: {"val_acc": float((predict(model, val).argmax(1) == val.y).float().mean())},
+            callbacks=[keep])
+    return h, keep.restore()
+
+
+__all__ = ["as_tensordata", "Adapter", "MarginHead", "angular_margin_logits", "adaptive_margin_loss",
+           "sample_margins", "train_adapter", "pseudo_groups", "train_caml"]

@@ -1,0 +1,190 @@
+"""ReBias (Bahng et al. 2020) and its baselines as step functions for ``helpers.train.fit``.
+
+Every method trains a shape-capable network ``f`` (``SimpleConvNet(7)``) next to a colour-only network ``g``
+(``SimpleConvNet(1)``); the networks need ``forward_with_features`` (logits and the pooled features).
+
+* :func:`independent_step` - Vanilla (f) and Biased (g) in one run: two plain cross-entropy updates, no coupling.
+* :func:`rebias_step` - g minimises CE - λ_g·HSIC(g, f), then f minimises CE + λ_f·HSIC(f, g).
+* :func:`rubi_step` - RUBi (Cadene et al. 2019): f's logits are masked by sigmoid(W·g_feat + c).
+* :func:`learned_mixin_step` - LearnedMixin+H (Clark et al. 2019): f is trained in an ensemble with a frozen,
+  pre-trained g whose logits are scaled by a learned gate s(x) = softplus(w·f_feat + c), plus an entropy penalty.
+
+In each step the partner network's features are detached (computed without a graph), so one network's update
+never moves the other and no gradient is computed only to be discarded.
+
+The reference implementation never trains the extra linear layers of RUBi and LearnedMixin: they are meant to be
+added to f's optimiser, but the check ``'fc' in criterion.__dict__`` is always False for an ``nn.Module``. Here the
+extra layer gets its own optimiser ``opt_extra``; pass ``opt_extra=None`` to reproduce the reference behaviour
+(the layer keeps its random initial weights).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers.hsic import hsic_biased, hsic_unbiased
+from helpers.train import Batch, StepFn
+
+ESTIMATORS = {"unbiased": hsic_unbiased, "biased": hsic_biased}
+
+
+def _check_nonneg(**values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(1) == y).float().mean()
+
+
+def independent_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
+                     sigma: float = 1.0) -> StepFn:
+    """Vanilla f and Biased g trained side by side with plain cross-entropy (the reference's λ_f = λ_g = 0).
+
+    HSIC(f, g) is only *measured* (no gradient) so that its curve can be compared with ReBias's.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        g_logits, g_feat = g.forward_with_features(batch.x)
+        loss_g = F.cross_entropy(g_logits, batch.y)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        f_logits, f_feat = f.forward_with_features(batch.x)
+        loss_f = F.cross_entropy(f_logits, batch.y)
+        opt_f.zero_grad(set_to_none=True)
+        loss_f.backward()
+        opt_f.step()
+        out = {"loss": loss_f.detach(), "acc": _acc(f_logits, batch.y), "g_loss": loss_g.detach(),
+               "g_acc": _acc(g_logits, batch.y)}
+        if len(batch) >= 4:
+            with torch.no_grad():
+                out["hsic"] = hsic_unbiased(f_feat.detach().float(), g_feat.detach().float(), sigma, sigma)
+        return out
+
+    return step
+
+
+def rebias_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
+                lambda_f: float = 1.0, lambda_g: float = 1.0, sigma: float = 1.0,
+                estimator: str = "unbiased") -> StepFn:
+    """g minimises CE - λ_g·HSIC(g, f) first, then f minimises CE + λ_f·HSIC(f, g), on the same batch.
+
+    f's forward pass is computed once: the g-step only needs f's (detached) features, and f does not change
+    during the g-step, so the f-step reuses that forward pass (the reference runs f twice; the gradients are the
+    same, only f's BatchNorm running statistics are updated once per iteration instead of twice).
+    """
+    _check_nonneg(lambda_f=lambda_f, lambda_g=lambda_g)
+    if not (isinstance(sigma, (int, float)) and sigma > 0):
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    hsic = ESTIMATORS[estimator]
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        f_logits, f_feat = f.forward_with_features(batch.x)
+        # g-step: f only supplies fixed features
+        g_logits, g_feat = g.forward_with_features(batch.x)
+        hsic_g = hsic(g_feat.float(), f_feat.detach().float(), sigma, sigma)
+        loss_g = F.cross_entropy(g_logits, batch.y) - lambda_g * hsic_g
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        # f-step against the updated g, whose features are again fixed
+        with torch.no_grad():
+            g_feat_new = g.features(batch.x)
+        hsic_f = hsic(f_feat.float(), g_feat_new.float(), sigma, sigma)
+        ce_f = F.cross_entropy(f_logits, batch.y)
+        loss_f = ce_f + lambda_f * hsic_f
+        opt_f.zero_grad(set_to_none=True)
+        loss_f.backward()
+        opt_f.step()
+        return {"loss": ce_f.detach(), "acc": _acc(f_logits, batch.y), "hsic": hsic_f.detach(),
+                "g_loss": loss_g.detach(), "g_acc": _acc(g_logits, batch.y)}
+
+    return step
+
+
+def rubi_step(f: nn.Module, g: nn.Module, head: nn.Module, opt_f: torch.optim.Optimizer,
+              opt_g: torch.optim.Optimizer, opt_extra: torch.optim.Optimizer | None,
+              question_weight: float = 1.0) -> StepFn:
+    """RUBi: g trains with its own CE; f minimises CE(f_logits · sigmoid(b), y) + w·CE(b, y) with
+    b = head(g_feat) on the features of the just-updated g, without a gradient into g (the reference multiplies
+    g's gradient by 0).
+
+    ``head`` is the extra ``Linear(feature_dim, classes)``; ``opt_extra=None`` leaves it untrained (reference bug).
+    As in the reference, f's plain cross-entropy is not added; at test time only f's logits are used.
+    """
+    _check_nonneg(question_weight=question_weight)
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        g_logits, g_feat = g.forward_with_features(batch.x)
+        loss_g = F.cross_entropy(g_logits, batch.y)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        with torch.no_grad():  # the updated g, as the reference's f-step; no gradient into g (reference: × 0)
+            g_feat_new = g.features(batch.x)
+        f_logits = f(batch.x)
+        b = head(g_feat_new.float())
+        loss_f = F.cross_entropy(f_logits * torch.sigmoid(b), batch.y) + question_weight * F.cross_entropy(b, batch.y)
+        opt_f.zero_grad(set_to_none=True)
+        if opt_extra is not None:
+            opt_extra.zero_grad(set_to_none=True)
+        loss_f.backward()
+        opt_f.step()
+        if opt_extra is not None:
+            opt_extra.step()
+        with torch.no_grad():
+            ce_f = F.cross_entropy(f_logits.float(), batch.y)
+        return {"loss": ce_f, "rubi_loss": loss_f.detach(), "acc": _acc(f_logits, batch.y),
+                "g_loss": loss_g.detach(), "g_acc": _acc(g_logits, batch.y)}
+
+    return step
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of softmax(logits) over the batch."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(1).mean()
+
+
+def learned_mixin_step(f: nn.Module, g: nn.Module, gate: nn.Module, opt_f: torch.optim.Optimizer,
+                       opt_extra: torch.optim.Optimizer | None, entropy_weight: float = 0.36) -> StepFn:
+    """LearnedMixin+H with a frozen g: s = softplus(gate(f_feat)), z_b = s·g_logits,
+    loss = CE(f_logits + z_b, y) + w_H·H(softmax(z_b)).
+
+    ``gate`` is the extra ``Linear(feature_dim, 1)``; ``opt_extra=None`` leaves it untrained (reference bug; the
+    gradient still flows through the gate into f's features). g is not updated (pre-train it first) and runs in
+    eval mode, so its BatchNorm statistics stay fixed too. Only f's logits are used at test time.
+    """
+    _check_nonneg(entropy_weight=entropy_weight)
+
+    def step(batch: Batch) -> dict[str, torch.Tensor]:
+        g.eval()
+        with torch.no_grad():
+            g_logits = g(batch.x).float()
+        f_logits, f_feat = f.forward_with_features(batch.x)
+        s = F.softplus(gate(f_feat.float()))          # (m, 1) scale of the bias-only logits
+        z_b = s * g_logits
+        ent = entropy(z_b)
+        loss = F.cross_entropy(f_logits.float() + z_b, batch.y) + entropy_weight * ent
+        opt_f.zero_grad(set_to_none=True)
+        if opt_extra is not None:
+            opt_extra.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_f.step()
+        if opt_extra is not None:
+            opt_extra.step()
+        with torch.no_grad():
+            ce_f = F.cross_entropy(f_logits.float(), batch.y)
+        return {"loss": ce_f, "mixin_loss": loss.detach(), "acc": _acc(f_logits, batch.y),
+                "entropy": ent.detach(), "gate": s.detach().mean()}
+
+    return step

@@ -1,0 +1,88 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.extract_features import ExtractionError, main, run
+from helpers.feature_folder import load_feature_folder
+
+# (split, y, place) -> count; val is unbalanced on purpose (smallest group: 2)
+LAYOUT = {(0, 0, 0): 3, (0, 0, 1): 1, (0, 1, 0): 1, (0, 1, 1): 2,
+          (1, 0, 0): 3, (1, 0, 1): 2, (1, 1, 0): 2, (1, 1, 1): 4,
+          (2, 0, 0): 1, (2, 0, 1): 2, (2, 1, 0): 1, (2, 1, 1): 1}
+
+
+@pytest.fixture()
+def image_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    rows = []
+    for (split, y, place), n in LAYOUT.items():
+        sub = root / f"{split}_{y}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            name = f"{split}_{y}/img_{place}_{k}.png"
+            size = (40 + 3 * k, 36)  # images of different sizes are resized
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(root / name)
+            rows.append({"img_id": len(rows), "img_filename": name, "y": y, "split": split, "place": place,
+                         "place_filename": "x"})
+    with open(root / "metadata.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_writes_exact_feature_folder(image_dir, tmp_path):
+    out = tmp_path / "feats"
+    assert main([str(image_dir), str(out), "--weights", "random", "--device", "cpu", "--image-size", "32",
+                 "--batch-size", "4"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["checksums.json", "meta.json"]
+                           + [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")])
+    sizes = {"train": 7, "val": 8, "test": 5}
+    for split, n in sizes.items():
+        f = np.load(out / f"{split}_feats.npy")
+        t = np.load(out / f"{split}_targets.npy")
+        b = np.load(out / f"{split}_bias.npy")
+        assert f.dtype == np.float32 and f.shape == (n, 512) and np.isfinite(f).all()
+        assert t.dtype == np.int64 and t.shape == (n,)
+        assert b.dtype == np.int64 and b.shape == (n,)
+    splits = load_feature_folder(out)
+    assert splits["val"].group_counts() == [2, 2, 2, 2]
+    assert splits["train"].group_counts() == [3, 1, 1, 2]
+    assert splits["test"].group_counts() == [1, 2, 1, 1]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["feature_dim"] == 512 and "weights=random" in meta["encoder"]
+    # features depend on the image, and the same seed gives the same features
+    f = np.load(out / "train_feats.npy")
+    assert np.abs(f[0] - f[1]).max() > 0
+    out2 = tmp_path / "feats2"
+    run(image_dir, out2, weights="random", device="cpu", image_size=32, batch_size=7)
+    np.testing.assert_allclose(np.load(out2 / "train_feats.npy"), f, rtol=1e-4, atol=1e-5)
+
+
+def test_errors_name_the_file(image_dir, tmp_path):
+    (image_dir / "0_1" / "img_0_0.png").unlink()
+    with pytest.raises(ExtractionError, match="img_0_0.png.*missing"):
+        run(image_dir, tmp_path / "a", weights="random", device="cpu", image_size=32)
+    text = (image_dir / "metadata.csv").read_text().replace("place,", "location,", 1)
+    (image_dir / "metadata.csv").write_text(text)
+    with pytest.raises(ExtractionError, match=r"metadata.csv lacks the columns \['place'\]"):
+        run(image_dir, tmp_path / "a", weights="random", device="cpu", image_size=32)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(ExtractionError, match="not empty"):
+        run(image_dir, tmp_path / "full", weights="random")
+    assert main([str(tmp_path / "nowhere"), str(tmp_path / "b"), "--weights", "random"]) == 2
+
+
+def test_module_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "helpers.extract_features", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "--weights {imagenet,random}" in proc.stdout and "IMAGES_DIR" not in proc.stderr

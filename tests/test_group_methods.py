@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from helpers import group_methods as G
+from helpers.caml import Adapter
+from helpers.tensordata import TensorData
+
+
+def test_group_metrics_on_hand_made_predictions():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    b = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    p = np.array([0, 0, 0, 1, 1, 0, 1, 1])  # group accs: 1, 0.5, 0.5, 1
+    r = G.group_metrics(y, b, p, train_counts=[70, 10, 5, 15])
+    assert r["worst"] == pytest.approx(0.5)
+    assert r["mean_of_groups"] == pytest.approx(0.75)
+    assert r["plain"] == pytest.approx(6 / 8)
+    assert r["weighted"] == pytest.approx(0.70 * 1 + 0.10 * 0.5 + 0.05 * 0.5 + 0.15 * 1)
+    assert r["group_acc"] == [[1.0, 0.5], [0.5, 1.0]]
+
+
+def test_jtt_error_set_upweighting_counts():
+    wrong = torch.tensor([True, False, False, True, False])
+    w = G.jtt_weights(wrong, 20)
+    assert w.tolist() == [20.0, 1.0, 1.0, 20.0, 1.0]
+    # with the weighted sampler the error set's expected share is 2*20 / (2*20 + 3)
+    from helpers.train import weighted
+    order = weighted(w)(5000, torch.Generator().manual_seed(0))
+    share = wrong[order].float().mean()
+    assert float(share) == pytest.approx(40 / 43, abs=0.02)
+    with pytest.raises(ValueError, match="upweight"):
+        G.jtt_weights(wrong, 0.5)
+
+
+def test_lff_weights_in_unit_interval_and_gce():
+    gen = torch.Generator().manual_seed(0)
+    lb, ld = torch.rand(100, generator=gen) * 5, torch.rand(100, generator=gen) * 5
+    lb[0] = ld[0] = 0
+    w = G.lff_weights(lb, ld)
+    assert ((w >= 0) & (w <= 1)).all() and w[0] == 0
+    assert w[1] == pytest.approx(float(lb[1] / (lb[1] + ld[1])))
+    logits = torch.randn(8, 2, generator=gen)
+    y = torch.randint(0, 2, (8,), generator=gen)
+    p = torch.softmax(logits, 1)[torch.arange(8), y]
+    assert torch.allclose(G.gce_loss(logits, y, 0.7), -torch.log(p) * p ** 0.7 * 0.7, atol=1e-6)
+    with pytest.raises(ValueError, match="q"):
+        G.gce_loss(logits, y, 0.0)
+
+
+def test_lff_ema_first_visit_then_average_and_class_normalised():
+    y = torch.tensor([0, 0, 1, 1])
+    ema = G._EMA(y, alpha=0.7)
+    out = ema.update(torch.tensor([0, 2]), torch.tensor([2.0, 4.0]))
+    assert ema.value.tolist() == pytest.approx([2.0, 0.0, 4.0, 0.0])  # first visit stores the loss itself
+    assert out.tolist() == pytest.approx([1.0, 1.0])  # divided by the class maximum
+    ema.update(torch.tensor([0, 1]), torch.tensor([1.0, 4.0]))
+    assert ema.value.tolist() == pytest.approx([0.7 * 2.0 + 0.3 * 1.0, 4.0, 4.0, 0.0])
+
+
+def _toy(n=400, seed=0, agree=0.95):
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    b = torch.where(torch.rand(n, generator=gen) < agree, y, 1 - y)
+    x = torch.randn(n, 4, generator=gen) + torch.stack([y.float(), 3 * b.float()], 1).repeat(1, 2)
+    return TensorData(x, y, b)
+
+
+def test_methods_run_and_beat_chance_on_toy():
+    tr, va = _toy(), _toy(200, 1, agree=0.5)
+    kw = dict(epochs=3, batch_size=64, lr=1e-2, weight_decay=1e-4, seed=0)
+    torch.manual_seed(0)
+    out = G.train_jtt(Adapter(4), tr, va, id_epochs=1, upweight=5, **kw)
+    assert out["error_set_size"] == sum(out["error_set_groups"])
+    out = G.train_groupdro(Adapter(4), tr, va, eta=0.1, **kw)
+    assert sum(out["q"]) == pytest.approx(1.0, abs=1e-5)
+    m = Adapter(4)
+    G.train_lff(m, tr, va, **kw)
+    G.train_erm(Adapter(4), tr, va, **kw)
+    predict, c = G.train_dfr(va, seed=0)
+    assert (predict(va.x) == va.y.numpy()).mean() > 0.6
+    with pytest.raises(ValueError, match="eta"):
+        G.train_groupdro(Adapter(4), tr, va, eta=0, **kw)
+    with pytest.raises(ValueError, match="select"):
+        G.train_erm(Adapter(4), tr, va, select="bad", **kw)
