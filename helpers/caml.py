@@ -17,7 +17,7 @@ from torch import nn
 
 from helpers.feature_folder import FeatureSplit
 from helpers.tensordata import TensorData
-from helpers.train import Batch, History, KeepBest, class_balanced, fit, predict, shuffled
+from helpers.train import Batch, History, KeepBest, class_balanced, fit, predict, shuffled, supervised_step
 
 
 def as_tensordata(split: FeatureSplit, **extras: torch.Tensor) -> TensorData:
@@ -113,16 +113,8 @@ def train_adapter(model: Adapter, train: TensorData, *, epochs: int, batch_size:
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     ref = train if select_on is None else select_on
 
-    def step(batch: Batch) -> dict:
-        logits = model(batch.x)
-        loss = F.cross_entropy(logits, batch.y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss}
-
     keep = KeepBest(model, "select_acc")
-    h = fit(train, step, epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
+    h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
             sampler=class_balanced(train.y) if balanced else shuffled,
             evaluate=lambda: {"select_acc": float((predict(model, ref).argmax(1) == ref.y).float().mean())},
             callbacks=[keep])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import metrics as M
 from helpers.caml import Adapter, _check_common
 from helpers.tensordata import TensorData
-from helpers.train import Batch, History, KeepBest, fit, predict, shuffled, weighted
+from helpers.train import Batch, History, KeepBest, fit, predict, shuffled, supervised_step, weighted
 
 GROUP_NAMES = ["y0/b0", "y0/b1", "y1/b0", "y1/b1"]
 
@@ -42,17 +42,6 @@ def plain_on(model, data: TensorData) -> float:
     return float((predict(model, data).argmax(1) == data.y).float().mean())
 
 
-def _ce_step(model, opt, weights: torch.Tensor | None = None):
-    def step(batch: Batch) -> dict:
-        logits = model(batch.x)
-        loss = F.cross_entropy(logits, batch.y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss}
-    return step
-
-
 # ---------------------------------------------------------------------------------------------------- ERM
 def train_erm(model: Adapter, train: TensorData, val: TensorData, *, epochs: int, batch_size: int, lr: float,
               weight_decay: float, seed: int, select: str = "plain", desc: str = "ERM") -> tuple[History, int]:
@@ -63,7 +52,7 @@ def train_erm(model: Adapter, train: TensorData, val: TensorData, *, epochs: int
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     score = plain_on if select == "plain" else worst_group_on
     keep = KeepBest(model, "val_score")
-    h = fit(train, _ce_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
+    h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
             evaluate=lambda: {"val_score": score(model, val)}, callbacks=[keep])
     return h, keep.restore()
 
@@ -89,13 +78,13 @@ def train_jtt(model: Adapter, train: TensorData, val: TensorData, *, id_epochs: 
     _check_common(epochs, batch_size, lr, weight_decay)
     ident = Adapter(train.x.shape[1]).to(train.device)
     opt = torch.optim.Adam(ident.parameters(), lr=lr, weight_decay=weight_decay)
-    fit(train, _ce_step(ident, opt), epochs=id_epochs, batch_size=batch_size, modules=ident, seed=seed,
+    fit(train, supervised_step(ident, opt), epochs=id_epochs, batch_size=batch_size, modules=ident, seed=seed,
         desc=f"{desc} id")
     wrong = jtt_error_set(ident, train)
     w = jtt_weights(wrong, upweight)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     keep = KeepBest(model, "val_worst")
-    h = fit(train, _ce_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed + 7,
+    h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed + 7,
             desc=desc, sampler=weighted(w), evaluate=lambda: {"val_worst": worst_group_on(model, val)},
             callbacks=[keep])
     return {"history": h, "best_epoch": keep.restore(), "error_set_size": int(wrong.sum()),
