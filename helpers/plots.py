@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
+from matplotlib.ticker import MaxNLocator
 
 BOOK_WIDTH = 7.0
 
@@ -58,6 +59,7 @@ def training_curves(histories: Mapping[str, "object"], metrics: Sequence[str], *
             if metric in df:
                 ax.plot(df.index, df[metric], marker="o", ms=3, label=name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(ylabels[j] if ylabels else metric)
         ax.set_title(titles[j] if titles else metric, fontsize=10)
     handles, labels = axes[0, 0].get_legend_handles_labels()
