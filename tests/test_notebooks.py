@@ -47,3 +47,21 @@ def test_chapter_is_in_the_toc_and_the_readme(path):
     root = NOTEBOOKS.parent
     assert f"file: book/{stem}\n" in (root / "_toc.yml").read_text(), f"{stem} missing from _toc.yml"
     assert f"`notebooks/{stem}.ipynb`" in (root / "README.md").read_text(), f"{stem} missing from README's table"
+
+
+def test_a_bad_parameter_stops_the_chapter_in_its_first_code_cell(tmp_path):
+    """A value only the chapter can judge (knn_value against batch_size · n_samples) fails before any data or
+    training, with the parameter's name in the error."""
+    import nbformat
+    import papermill as pm
+
+    src = NOTEBOOKS / "02_fisher_regularization.ipynb"
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(src), str(out), parameters={"knn_value": 100000, "batch_size": 8}, kernel_name="python3",
+                            cwd=str(NOTEBOOKS), progress_bar=False)
+    assert err.value.ename == "ParameterError" and "knn_value" in err.value.evalue
+    nb = nbformat.read(out, as_version=4)
+    failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failed and "start_chapter(" in nb.cells[failed[0]].source
