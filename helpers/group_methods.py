@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import metrics as M
 from helpers.caml import Adapter, _check_common
 from helpers.tensordata import TensorData
-from helpers.train import Batch, History, KeepBest, fit, predict, shuffled, supervised_step, weighted
+from helpers.train import Batch, History, KeepBest, accuracy_on, fit, predict, shuffled, supervised_step, weighted
 
 GROUP_NAMES = ["y0/b0", "y0/b1", "y1/b0", "y1/b1"]
 
@@ -38,10 +38,6 @@ def worst_group_on(model, data: TensorData) -> float:
     return M.worst_group_accuracy(M.group_accuracy(data.y.cpu(), data.bias.cpu(), pred.cpu(), 2, 2))
 
 
-def plain_on(model, data: TensorData) -> float:
-    return float((predict(model, data).argmax(1) == data.y).float().mean())
-
-
 # ---------------------------------------------------------------------------------------------------- ERM
 def train_erm(model: Adapter, train: TensorData, val: TensorData, *, epochs: int, batch_size: int, lr: float,
               weight_decay: float, seed: int, select: str = "plain", desc: str = "ERM") -> tuple[History, int]:
@@ -50,7 +46,7 @@ def train_erm(model: Adapter, train: TensorData, val: TensorData, *, epochs: int
     if select not in ("plain", "worst"):
         raise ValueError(f"select must be 'plain' or 'worst', got {select!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    score = plain_on if select == "plain" else worst_group_on
+    score = accuracy_on if select == "plain" else worst_group_on
     keep = KeepBest(model, "val_score")
     h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
             evaluate=lambda: {"val_score": score(model, val)}, callbacks=[keep])

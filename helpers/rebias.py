@@ -39,6 +39,16 @@ def _acc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == y).float().mean()
 
 
+def _descend(loss: torch.Tensor, *optimizers: torch.optim.Optimizer | None) -> None:
+    """One gradient step on ``loss`` for each optimiser given; ``None`` stands for a layer left untrained."""
+    active = [opt for opt in optimizers if opt is not None]
+    for opt in active:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in active:
+        opt.step()
+
+
 def independent_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
                      sigma: float = 1.0) -> StepFn:
     """Vanilla f and Biased g trained side by side with plain cross-entropy (the reference's λ_f = λ_g = 0).
@@ -51,14 +61,10 @@ def independent_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, o
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         g_logits, g_feat = g.forward_with_features(batch.x)
         loss_g = F.cross_entropy(g_logits, batch.y)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        _descend(loss_g, opt_g)
         f_logits, f_feat = f.forward_with_features(batch.x)
         loss_f = F.cross_entropy(f_logits, batch.y)
-        opt_f.zero_grad(set_to_none=True)
-        loss_f.backward()
-        opt_f.step()
+        _descend(loss_f, opt_f)
         out = {"loss": loss_f.detach(), "acc": _acc(f_logits, batch.y), "g_loss": loss_g.detach(),
                "g_acc": _acc(g_logits, batch.y)}
         if len(batch) >= 4:
@@ -91,9 +97,7 @@ def rebias_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g:
         g_logits, g_feat = g.forward_with_features(batch.x)
         hsic_g = hsic(g_feat.float(), f_feat.detach().float(), sigma, sigma)
         loss_g = F.cross_entropy(g_logits, batch.y) - lambda_g * hsic_g
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        _descend(loss_g, opt_g)
 
         # f-step against the updated g, whose features are again fixed
         with torch.no_grad():
@@ -101,9 +105,7 @@ def rebias_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g:
         hsic_f = hsic(f_feat.float(), g_feat_new.float(), sigma, sigma)
         ce_f = F.cross_entropy(f_logits, batch.y)
         loss_f = ce_f + lambda_f * hsic_f
-        opt_f.zero_grad(set_to_none=True)
-        loss_f.backward()
-        opt_f.step()
+        _descend(loss_f, opt_f)
         return {"loss": ce_f.detach(), "acc": _acc(f_logits, batch.y), "hsic": hsic_f.detach(),
                 "g_loss": loss_g.detach(), "g_acc": _acc(g_logits, batch.y)}
 
@@ -125,22 +127,14 @@ def rubi_step(f: nn.Module, g: nn.Module, head: nn.Module, opt_f: torch.optim.Op
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         g_logits, g_feat = g.forward_with_features(batch.x)
         loss_g = F.cross_entropy(g_logits, batch.y)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        _descend(loss_g, opt_g)
 
         with torch.no_grad():  # the updated g, as the reference's f-step; no gradient into g (reference: × 0)
             g_feat_new = g.features(batch.x)
         f_logits = f(batch.x)
         b = head(g_feat_new.float())
         loss_f = F.cross_entropy(f_logits * torch.sigmoid(b), batch.y) + question_weight * F.cross_entropy(b, batch.y)
-        opt_f.zero_grad(set_to_none=True)
-        if opt_extra is not None:
-            opt_extra.zero_grad(set_to_none=True)
-        loss_f.backward()
-        opt_f.step()
-        if opt_extra is not None:
-            opt_extra.step()
+        _descend(loss_f, opt_f, opt_extra)
         with torch.no_grad():
             ce_f = F.cross_entropy(f_logits.float(), batch.y)
         return {"loss": ce_f, "rubi_loss": loss_f.detach(), "acc": _acc(f_logits, batch.y),
@@ -175,13 +169,7 @@ def learned_mixin_step(f: nn.Module, g: nn.Module, gate: nn.Module, opt_f: torch
         z_b = s * g_logits
         ent = entropy(z_b)
         loss = F.cross_entropy(f_logits.float() + z_b, batch.y) + entropy_weight * ent
-        opt_f.zero_grad(set_to_none=True)
-        if opt_extra is not None:
-            opt_extra.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_f.step()
-        if opt_extra is not None:
-            opt_extra.step()
+        _descend(loss, opt_f, opt_extra)
         with torch.no_grad():
             ce_f = F.cross_entropy(f_logits.float(), batch.y)
         return {"loss": ce_f, "mixin_loss": loss.detach(), "acc": _acc(f_logits, batch.y),
