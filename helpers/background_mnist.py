@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from helpers.biased_mnist import to_display  # noqa: F401 - same [-1, 1] image convention; chapters call B.to_display
 from helpers.mnist import load_mnist
 from helpers.tensordata import TensorData
 
@@ -128,11 +129,6 @@ def compose(mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float [-1, 1]."""
     return images.float().div(127.5).sub(1.0)
-
-
-def to_display(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images back to [0, 1] for plotting."""
-    return x.add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
 def colour_split(raw: torch.Tensor, labels: torch.Tensor, mode: str, gen: torch.Generator, *,
