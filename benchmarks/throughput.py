@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from helpers.biased_mnist import biased_mnist
+from helpers.data.biased_mnist import biased_mnist
 from helpers.device import describe, pick_device, prepare_model
 from helpers.models import LeNet, SimpleConvNet
 from helpers.seed import seed_everything

@@ -5,7 +5,7 @@ sources and biased-dataset builders, models, the training loop, metrics, plots, 
 book runner. Chapters import from here and show the source of the method they teach with ``show_source``.
 """
 
-from helpers.paths import cache_root, checkpoint_dir
+from helpers.cache import cache_root, checkpoint_dir
 from helpers.seed import seed_everything
 from helpers.device import pick_device
 

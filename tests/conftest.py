@@ -1,6 +1,6 @@
 import pytest
 
-from helpers.mnist import load_mnist
+from helpers.data.mnist import load_mnist
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import background_mnist as B
+from helpers.data import background_mnist as B
 
 
 def _hand_made():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import biased_mnist as bm
+from helpers.data import biased_mnist as bm
 
 
 @pytest.mark.parametrize("rho, expected", [(0.999, 63), (0.997, 184), (0.995, 305), (0.99, 606)])

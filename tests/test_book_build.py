@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 
-from helpers import book
+from helpers.book import runner
 
 
 @pytest.fixture(scope="module")
 def html(tmp_path_factory):
     out = tmp_path_factory.mktemp("jb")
-    return book.build_html(out)
+    return runner.build_html(out)
 
 
 def test_book_builds_with_chapter_01_figures(html):
@@ -25,6 +25,6 @@ def test_book_builds_with_chapter_01_figures(html):
 
 
 def test_every_chapter_in_the_toc_is_rendered(html):
-    toc = (book.REPO_ROOT / "_toc.yml").read_text()
+    toc = (runner.REPO_ROOT / "_toc.yml").read_text()
     for stem in re.findall(r"file: book/(\d\d_\w+)", toc):
         assert (html / "book" / f"{stem}.html").is_file(), stem

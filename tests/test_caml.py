@@ -2,9 +2,11 @@ import math
 
 import pytest
 import torch
+
+from helpers.models import Adapter, MarginHead
 import torch.nn.functional as F
 
-from helpers import caml as C
+from helpers.methods import caml as C
 from helpers.tensordata import TensorData
 
 
@@ -70,7 +72,7 @@ def test_train_caml_deterministic_and_checks():
     preds = []
     for _ in range(2):
         torch.manual_seed(0)
-        head = C.MarginHead(6)
+        head = MarginHead(6)
         h, best = C.train_caml(head, tr, va, pg["clusters"], pg["table"], epochs=3, batch_size=64, lr=1e-2,
                                weight_decay=1e-4, sigma=0.2, scale=8, seed=3)
         assert 1 <= best <= 3
@@ -88,10 +90,10 @@ def test_train_caml_deterministic_and_checks():
 def test_stage1_selects_by_train_accuracy():
     tr = _toy()
     torch.manual_seed(0)
-    a = C.Adapter(6)
+    a = Adapter(6)
     h, best = C.train_adapter(a, tr, epochs=4, batch_size=64, lr=1e-2, weight_decay=0.1, seed=0)
     accs = h.column("select_acc")
     assert best == 1 + max(range(len(accs)), key=lambda i: (accs[i], -i))
-    assert C.Adapter(6).features(tr.x).norm(dim=1).allclose(torch.ones(len(tr)), atol=1e-5)
+    assert Adapter(6).features(tr.x).norm(dim=1).allclose(torch.ones(len(tr)), atol=1e-5)
     with pytest.raises(ValueError, match="weight_decay"):
         C.train_adapter(a, tr, epochs=1, batch_size=64, lr=1e-2, weight_decay=-1, seed=0)

@@ -3,8 +3,8 @@ import json
 
 import papermill as pm
 
-from helpers import book
-from helpers.feature_folder import make_tiny_feature_folder
+from helpers.book import runner
+from helpers.data.feature_folder import make_tiny_feature_folder
 
 
 def test_notebook_runs_on_a_user_feature_folder(tmp_path, monkeypatch):
@@ -13,8 +13,8 @@ def test_notebook_runs_on_a_user_feature_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SHORTCUT_BOOK_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(tmp_path / "cache"))  # checkpoints of this run stay in tmp
     out = tmp_path / "06_caml_user.ipynb"
-    pm.execute_notebook(str(book.NOTEBOOKS / "06_caml.ipynb"), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(book.NOTEBOOKS),
+    pm.execute_notebook(str(runner.NOTEBOOKS / "06_caml.ipynb"), str(out), kernel_name="python3", progress_bar=False,
+                        cwd=str(runner.NOTEBOOKS),
                         parameters={"profile": "smoke", "seeds": [1, 2], "epochs": 2, "batch_size": 32,
                                     "feature_folder": str(folder)})
     text = out.read_text()

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from helpers import colored_mnist as cm
+from helpers.models import FusionLeNet
+
+from helpers.data import colored_mnist as cm
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_min_colour_distance():
 
 def test_fusion_lenet_shapes_and_colour_path():
     torch.manual_seed(0)
-    model = cm.FusionLeNet()
+    model = FusionLeNet()
     x, c = torch.rand(5, 1, 28, 28), torch.rand(5, 3)
     out = model(x, c)
     assert out.shape == (5, 10)
@@ -72,7 +74,7 @@ def test_fusion_lenet_shapes_and_colour_path():
 
 def test_predict_matches_forward(small):
     torch.manual_seed(0)
-    model = cm.FusionLeNet()
+    model = FusionLeNet()
     d = small["val_colored"]
     logits = cm.predict(model, d, batch_size=128)
     assert torch.allclose(logits[:7], model(d.x[:7], d.extras["colour"][:7]), atol=1e-5)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.extract_features import ExtractionError, main, run
-from helpers.feature_folder import load_feature_folder
+from helpers.data.extract_features import ExtractionError, main, run
+from helpers.data.feature_folder import load_feature_folder
 
 # (split, y, place) -> count; val is unbalanced on purpose (smallest group: 2)
 LAYOUT = {(0, 0, 0): 3, (0, 0, 1): 1, (0, 1, 0): 1, (0, 1, 1): 2,
@@ -82,7 +82,7 @@ def test_errors_name_the_file(image_dir, tmp_path):
 
 
 def test_module_entry_point_help():
-    proc = subprocess.run([sys.executable, "-m", "helpers.extract_features", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "helpers.data.extract_features", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0
     assert "--weights {imagenet,random}" in proc.stdout and "IMAGES_DIR" not in proc.stderr

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.feature_folder import (
+from helpers.data.feature_folder import (
     FeatureFolderError,
     FeatureSplit,
     balance_groups,

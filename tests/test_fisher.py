@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import fisher as fi
-from helpers.colored_mnist import FusionLeNet
+from helpers.methods import fisher as fi
+from helpers.models import FusionLeNet
 from helpers.train import Batch
 
 
@@ -177,7 +177,7 @@ def test_moving_average_stop_follows_the_reference_rule():
 
 
 def test_chapter_schema_names_bad_parameters():
-    from helpers.params import ParameterError, profile_values, validate
+    from helpers.book.params import ParameterError, profile_values, validate
 
     chapter = "02_fisher_regularization"
     with pytest.raises(ParameterError, match="'optim_method'"):

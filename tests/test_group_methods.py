@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import group_methods as G
-from helpers.caml import Adapter
+from helpers.methods import group_methods as G
+from helpers.models import Adapter
 from helpers.tensordata import TensorData
 
 

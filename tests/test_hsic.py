@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from helpers import hsic
+from helpers.methods import hsic
 
 
 def _xy(m=64, seed=0, dependent=True):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import masktune as mt
+from helpers.methods import masktune as mt
 from helpers.tensordata import TensorData
 
 
@@ -92,7 +92,7 @@ def test_apply_mask_keeps_labels_and_shapes_and_zeroes_all_channels():
 
 
 def test_finetune_is_one_epoch_and_changes_weights():
-    from helpers.small_cnn import SmallCNN
+    from helpers.models import SmallCNN
 
     torch.manual_seed(0)
     model = SmallCNN()

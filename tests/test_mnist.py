@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import mnist as mn
+from helpers.data import mnist as mn
 
 
 def test_cache_matches_official_checksums(mnist):
@@ -91,7 +91,7 @@ def test_no_source_gives_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_cache_root_from_environment(tmp_path, monkeypatch):
-    from helpers.paths import cache_root
+    from helpers.cache import cache_root
 
     monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(tmp_path / "elsewhere"))
     assert cache_root() == (tmp_path / "elsewhere").resolve()

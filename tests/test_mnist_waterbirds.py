@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from helpers.feature_folder import load_feature_folder
-from helpers.mnist import raw_dir
-from helpers.mnist_waterbirds import (
+from helpers.data.feature_folder import load_feature_folder
+from helpers.data.mnist import raw_dir
+from helpers.data.mnist_waterbirds import (
     WATERBIRDS_TRAIN_GROUPS,
     _split_indices,
     backgrounds,

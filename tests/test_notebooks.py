@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.book import BOOK, NOTEBOOKS
+from helpers.book.runner import BOOK, NOTEBOOKS
 
 SOURCES = sorted(glob.glob(str(NOTEBOOKS / "[0-9][0-9]_*.ipynb")))
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import background_mnist as B
-from helpers import pairing as P
+from helpers.data import background_mnist as B
+from helpers.methods import pairing as P
 from helpers.models import LeNet
 from helpers.tensordata import TensorData
 from helpers.train import fit
@@ -76,7 +76,7 @@ def test_paired_step_bad_arguments():
 
 
 def test_attacks_restore_mode_and_stay_in_range():
-    from helpers import adversarial as A
+    from helpers.methods import adversarial as A
 
     data = _toy(16)
     torch.manual_seed(0)

@@ -4,15 +4,15 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from helpers import book
-from helpers.params import ParameterError, PROFILES, load_spec, profile_values, validate
+from helpers.book import runner
+from helpers.book.params import ParameterError, PROFILES, load_spec, profile_values, validate
 
-CHAPTERS = sorted(Path(p).stem for p in glob.glob(str(book.NOTEBOOKS / "[0-9][0-9]_*.ipynb")))
+CHAPTERS = sorted(Path(p).stem for p in glob.glob(str(runner.NOTEBOOKS / "[0-9][0-9]_*.ipynb")))
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_schema_matches_parameters_cell(chapter):
-    cell = set(pm.inspect_notebook(str(book.NOTEBOOKS / f"{chapter}.ipynb")))
+    cell = set(pm.inspect_notebook(str(runner.NOTEBOOKS / f"{chapter}.ipynb")))
     schema = set(load_spec(chapter)["parameters"])
     assert cell - {"profile"} == schema, f"parameters cell and schema differ: {sorted(cell ^ (schema | {'profile'}))}"
     assert "profile" in cell and "seed" in cell
@@ -43,23 +43,45 @@ def test_errors_name_the_parameter():
 
 
 def test_unknown_profile_fails_before_running(capsys):
-    assert book.main(["run", "--profile", "gigantic", "--chapters", "01", "--no-html"]) == 2
+    assert runner.main(["run", "--profile", "gigantic", "--chapters", "01", "--no-html"]) == 2
     assert "parameter 'profile'" in capsys.readouterr().err
 
 
 def test_bad_profile_file_fails_before_running(tmp_path, monkeypatch):
     (tmp_path / "01_shortcut_learning.yaml").write_text(
-        (book.NOTEBOOKS / "profiles" / "01_shortcut_learning.yaml").read_text().replace("epochs: 1}", "epochs: -4}"))
+        (runner.NOTEBOOKS / "profiles" / "01_shortcut_learning.yaml").read_text().replace("epochs: 1}", "epochs: -4}"))
     with pytest.raises(ParameterError, match="'epochs'"):
         profile_values("01_shortcut_learning", "smoke", profile_dir=tmp_path)
 
 
 def test_unknown_chapter_is_refused():
     with pytest.raises(SystemExit, match="unknown chapter"):
-        book.chapters(["99"])
+        runner.chapters(["99"])
 
 
 def test_hash_follows_helper_imports():
-    mods = book.helper_modules("import numpy\nfrom helpers.train import fit\nfrom helpers import (metrics as M,\n plots)\n")
-    assert {"train", "metrics", "plots", "tensordata", "device", "__init__"} <= mods
-    assert "biased_mnist" not in mods and "numpy" not in mods
+    files = runner.helper_modules(
+        "import numpy\nfrom helpers.train import fit\nfrom helpers import (metrics as M,\n plots)\n"
+        "from helpers.methods import rebias as R\n%matplotlib inline\n")
+    mods = {p.relative_to(runner.REPO_ROOT / "helpers").as_posix() for p in files}
+    assert {"train.py", "metrics.py", "plots.py", "tensordata.py", "device.py", "__init__.py",
+            "methods/__init__.py", "methods/rebias.py", "methods/hsic.py"} <= mods  # hsic: imported by rebias
+    assert not any("biased_mnist" in m or "numpy" in m for m in mods)
+
+
+def test_editing_a_nested_helper_makes_the_chapter_stale(tmp_path, monkeypatch):
+    """A chapter importing ``helpers.methods.rebias`` depends on ``hsic.py`` two levels down: editing it must change
+    the chapter's hash (so the runner re-executes it instead of calling a stale copy current)."""
+    import shutil
+
+    package = tmp_path / "helpers"
+    shutil.copytree(runner.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "PACKAGE", package)
+    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    src = runner.NOTEBOOKS / "05_rebias.ipynb"
+    params = profile_values("05_rebias", "smoke")
+    before = runner.source_hash(src, params)
+    assert runner.source_hash(src, params) == before
+    hsic = package / "methods" / "hsic.py"
+    hsic.write_text(hsic.read_text() + "\n# an edit two imports below the chapter\n")
+    assert runner.source_hash(src, params) != before

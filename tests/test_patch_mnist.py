@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from helpers import patch_mnist as pm
+from helpers.data import patch_mnist as pm
 
 
 def test_labels_and_digit_ordered_patches():

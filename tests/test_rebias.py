@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers.models import SimpleConvNet
-from helpers.rebias import rebias_step
+from helpers.methods.rebias import rebias_step
 from helpers.train import Batch
 
 
@@ -60,7 +60,7 @@ def test_rebias_refuses_tiny_batch_and_bad_lambda():
 
 
 # ---------------------------------------------------------------------------------------------- baselines
-from helpers.rebias import independent_step, learned_mixin_step, rubi_step  # noqa: E402
+from helpers.methods.rebias import independent_step, learned_mixin_step, rubi_step  # noqa: E402
 
 
 def _changed(before, module):

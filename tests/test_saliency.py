@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.saliency import patch_share, saliency_maps
-from helpers.small_cnn import SmallCNN
+from helpers.methods.saliency import patch_share, saliency_maps
+from helpers.models import SmallCNN
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.checkpoint import cached_run, checkpoint_path
+from helpers.cache import cached_run, checkpoint_path
 from helpers.seed import seed_everything
 from helpers.tensordata import TensorData
 from helpers.train import EarlyStopping, KeepBest, class_balanced, fit, predict, supervised_step

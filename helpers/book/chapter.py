@@ -2,7 +2,7 @@
 
 A chapter's first code cell after its ``parameters`` cell is::
 
-    from helpers.chapter import start_chapter
+    from helpers.book.chapter import start_chapter
     run = start_chapter("01_shortcut_learning", globals())
 
 and its last cell::
@@ -28,10 +28,10 @@ from typing import Any, Mapping
 
 import torch
 
-from helpers.atomic import atomic_write_text
+from helpers.cache import atomic_write_text
 from helpers.device import describe, pick_device
-from helpers.params import parameters_from_namespace
-from helpers.paths import REPO_ROOT, cache_root
+from helpers.book.params import parameters_from_namespace
+from helpers.cache import REPO_ROOT, cache_root
 from helpers.plots import use_book_style
 
 RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"

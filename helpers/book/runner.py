@@ -16,10 +16,10 @@ and the failing cell, and keeps the partial notebook in ``build/failed/``.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import nbformat
 
-from helpers.params import PROFILES, ParameterError, profile_values
-from helpers.paths import REPO_ROOT
+from helpers.book.params import PROFILES, ParameterError, profile_values
+from helpers.cache import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
@@ -58,22 +58,48 @@ def chapters(selection: list[str] | None = None) -> list[Path]:
     return chosen
 
 
-_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+helpers(?:\.(\w+))?[ \t]+import[ \t]+(\([^)]*\)|[\w ,*\t]+)"
-                     r"|import[ \t]+helpers\.(\w+))", re.M)
+PACKAGE = REPO_ROOT / "helpers"
 
 
-def helper_modules(code: str) -> set[str]:
-    """The ``helpers`` modules that ``code`` imports, followed transitively through the package."""
-    package = REPO_ROOT / "helpers"
-    found, todo = {"__init__"}, [code, (package / "__init__.py").read_text()]
+def _module_file(dotted: str) -> Path | None:
+    """The file of module ``helpers.a.b`` (``a/b.py`` or ``a/b/__init__.py``), or None if it is not one."""
+    parts = dotted.split(".")[1:]
+    base = PACKAGE.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if parts and candidate.is_file():
+            return candidate
+    return PACKAGE / "__init__.py" if not parts else None
+
+
+def _imports(code: str) -> set[str]:
+    """Dotted names of the ``helpers`` modules that ``code`` imports, including ``from pkg import module``."""
+    # IPython magics and shell escapes are not Python: blank them out, keep line numbers.
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in code.splitlines())
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.split(".")[0] == "helpers")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == "helpers":
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # kept only if it is a module
+    return names
+
+
+def helper_modules(code: str) -> list[Path]:
+    """The files of every ``helpers`` module that ``code`` imports, followed transitively through the package
+    (and the ``__init__.py`` of each package on the way), sorted."""
+    found: set[Path] = set()
+    todo = [code]
     while todo:
-        for sub, names, plain in _IMPORT.findall(todo.pop()):
-            candidates = [sub or plain] if (sub or plain) else [n.split(" as ")[0].strip("()\n\t ") for n in names.split(",")]
-            for name in candidates:
-                if name and name not in found and (package / f"{name}.py").is_file():
-                    found.add(name)
-                    todo.append((package / f"{name}.py").read_text())
-    return found
+        for dotted in _imports(todo.pop()):
+            parts = dotted.split(".")
+            for i in range(1, len(parts) + 1):  # the package __init__ files run on import too
+                path = _module_file(".".join(parts[:i]))
+                if path is not None and path not in found:
+                    found.add(path)
+                    todo.append(path.read_text())
+    return sorted(found)
 
 
 def source_hash(src: Path, params: dict) -> str:
@@ -85,9 +111,9 @@ def source_hash(src: Path, params: dict) -> str:
         h.update(cell.source.encode())
     h.update(json.dumps(params, sort_keys=True).encode())
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    for name in sorted(helper_modules(code)):
-        h.update(name.encode())
-        h.update((REPO_ROOT / "helpers" / f"{name}.py").read_bytes())
+    for path in helper_modules(code):
+        h.update(path.relative_to(REPO_ROOT).as_posix().encode())
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 

@@ -1,8 +1,12 @@
-"""Checkpoint cache keyed by a run's configuration: load when present, otherwise train and save.
+"""Where the book keeps data, checkpoints and results, and how it writes them: atomically and checksummed.
 
-A chapter re-run with the same parameters loads its trained networks in seconds (the UvA pattern). Files are
-written atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``; a file whose
-checksum does not match is ignored and the run retrains.
+* Paths: the cache root is, in order of precedence, an explicit ``root`` argument, the environment variable
+  ``SHORTCUT_BOOK_DATA``, or ``data/`` at the repository root (git-ignored).
+* Atomic writes: a reader never sees a half-written data file or checkpoint.
+* Checkpoints keyed by a run's configuration: load when present, otherwise train and save. A chapter re-run
+  with the same parameters loads its trained networks in seconds (the UvA pattern). Files are written
+  atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``; a file whose
+  checksum does not match is ignored and the run retrains.
 """
 
 from __future__ import annotations
@@ -11,15 +15,63 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from helpers.atomic import atomic_write_bytes, atomic_write_text, file_digest
-from helpers.paths import checkpoint_dir
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_VAR = "SHORTCUT_BOOK_DATA"
 
+
+def cache_root(root: str | os.PathLike | None = None) -> Path:
+    """Return the data cache directory, creating it if needed."""
+    if root is None:
+        root = os.environ.get(ENV_VAR) or REPO_ROOT / "data"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
+    """Return ``<cache root>/checkpoints``, creating it if needed."""
+    path = cache_root(root) / "checkpoints"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# -------------------------------------------------------------------------------------------- checkpoints
 CACHE_FORMAT = 1
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from helpers.mnist import load_mnist
+from helpers.data.mnist import load_mnist
 from helpers.seed import generator
 from helpers.tensordata import TensorData
 
@@ -141,28 +141,6 @@ def coloured_digits(data: TensorData) -> torch.Tensor:
     return data.x * data.extras["colour"][:, :, None, None]
 
 
-class FusionLeNet(nn.Module):
-    """The reference's "ModifiedLeNet": LeNet features of the grey image (no padding: 28→24→12→8→4), an 84-d
-    vector h, then one linear layer on the concatenation [h ; c] ∈ R^87. Colour reaches the logits only as
-    ``W_c c``. No dropout, no BatchNorm."""
-
-    def __init__(self, colour_dim: int = 3, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.image = nn.Sequential(
-            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-        )
-        self.fc_color = nn.Linear(84 + colour_dim, num_classes)
-
-    def forward(self, x: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        return self.fc_color(torch.cat([self.image(x), colour], dim=1))
-
-    def colour_weights(self) -> torch.Tensor:
-        """W_c: the (10, 3) block of the fusion layer that multiplies the colour vector."""
-        return self.fc_color.weight[:, -3:]
-
-
 @torch.no_grad()
 def predict(model: nn.Module, data: TensorData, batch_size: int = 2048) -> torch.Tensor:
     """Logits of a two-input model on every sample of ``data`` (eval mode; the previous mode is restored)."""
@@ -182,4 +160,4 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
 
 
 __all__ = ["ColoredMNIST", "build_colored_mnist", "colour_table", "colour_vectors", "other_class",
-           "min_colour_distance", "coloured_digits", "FusionLeNet", "predict", "accuracy", "GRAY_COLOUR"]
+           "min_colour_distance", "coloured_digits", "predict", "accuracy", "GRAY_COLOUR"]

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.atomic import atomic_write_bytes, file_digest
-from helpers.paths import cache_root
+from helpers.cache import atomic_write_bytes, file_digest
+from helpers.cache import cache_root
 
 RAW_FILES = {  # torchvision's raw names -> MD5 of the official uncompressed files
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from helpers.paths import REPO_ROOT
+from helpers.cache import REPO_ROOT
 
 PROFILE_DIR = REPO_ROOT / "notebooks" / "profiles"
 PROFILES = ("smoke", "quick", "full")

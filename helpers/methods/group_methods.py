@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import metrics as M
-from helpers.caml import Adapter, _check_common
+from helpers.methods.caml import Adapter, _check_common
 from helpers.tensordata import TensorData
 from helpers.train import Batch, History, KeepBest, accuracy_on, fit, predict, shuffled, supervised_step, weighted
 

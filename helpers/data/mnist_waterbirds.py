@@ -33,22 +33,14 @@ predict the digit identity (10 classes) and the background family at the same ti
 target, as ImageNet classification is for Waterbirds. Background family is decodable from colour alone and is
 learned almost at once; the digit group has to be read from the shape through a narrow feature layer. The
 encoder is then frozen; its ``feature_dim``-d ReLU features of the three splits are written as a feature folder
-(:mod:`helpers.feature_folder`). Like ImageNet features on Waterbirds, both labels are linearly decodable but the
+(:mod:`helpers.data.feature_folder`). Like ImageNet features on Waterbirds, both labels are linearly decodable but the
 background is the easier one, so an ERM head trained on the 95 %-aligned training split leans on it and fails on
 the minority groups. :func:`offline_feature_folder` measures this and returns it in ``info``: linear-probe
 accuracies (logistic regression fitted on the balanced val features, scored on the balanced test features) for
 the digit group, the background family and the 10-way digit identity, and an ERM logistic-regression head fitted
 on the training features with its worst-group and mean-of-groups test accuracy.
 
-Measured when this module was written (defaults, data seed 0, CPU, one thread; the chapter prints its own run's
-values from ``info``): build ≈ 25 s; probes: digit group 0.81, background family 1.00, 10-way digit 0.84; ERM
-logistic regression on the training features: worst group 0.05 (group (1, 0), "waterbird on land"), mean of
-groups 0.61. A 128-unit tanh MLP head (Adam, lr 1e-3, weight decay 1e-4, 50 epochs, epoch picked by balanced-val
-accuracy) reaches worst group ≈ 0.48 with plain ERM and ≈ 0.87 with group-balanced loss weights (an oracle that
-uses the group labels): the gap a bias-mitigation method can close. Data seed 1 gives similar values (probes
-0.79 / 1.00, linear ERM worst 0.09, MLP ERM 0.46, reweighted 0.87). Fewer encoder epochs or encoder images make
-the digit features much weaker (``encoder_epochs=2, n_encoder=4000``: digit-group probe ≈ 0.63) — fine for a
-smoke run, not for the finding.
+The chapter prints its own run's measured values (probes, ERM heads) from ``info``.
 
 The folder is cached under ``<data root>/mnist_waterbirds/<key>`` where the key hashes every argument that
 changes the arrays (not the device); a re-run loads it in well under a second. Features built on a GPU differ
@@ -69,9 +61,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.device import pick_device
-from helpers.feature_folder import FeatureSplit, load_feature_folder, read_meta, write_feature_folder
-from helpers.mnist import load_mnist
-from helpers.paths import cache_root
+from helpers.data.feature_folder import FeatureSplit, load_feature_folder, read_meta, write_feature_folder
+from helpers.data.mnist import load_mnist
+from helpers.models import MultiTaskEncoder
+from helpers.cache import cache_root
 from helpers.seed import generator
 from helpers.tensordata import TensorData
 
@@ -228,29 +221,6 @@ def build_images(seed: int, n_train_groups=WATERBIRDS_TRAIN_GROUPS, n_val_per_gr
 
 
 # ---------------------------------------------------------------------------------------------- encoder
-class MultiTaskEncoder(nn.Module):
-    """conv(3→16)-pool-conv(16→32)-pool-conv(32→32) → linear to ``feature_dim`` → ReLU = the features;
-    two linear heads (10 digits, 2 background families) used only while training the encoder."""
-
-    def __init__(self, feature_dim: int = 32):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(32 * 7 * 7, feature_dim), nn.ReLU(),
-        )
-        self.digit_head = nn.Linear(feature_dim, 10)
-        self.family_head = nn.Linear(feature_dim, 2)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
-        return self.digit_head(h), self.family_head(h)
-
-
 def train_encoder(data: TensorData, feature_dim: int, epochs: int, seed: int, device,
                   batch_size: int = 128, lr: float = 2e-3):
     """Train :class:`MultiTaskEncoder` on ``data`` (extras['digit'] and bias) through :func:`helpers.train.fit`."""

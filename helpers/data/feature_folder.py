@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.atomic import atomic_write_text, file_digest
+from helpers.cache import atomic_write_text, file_digest
 
 SPLITS = ("train", "val", "test")
 CHECKSUMS = "checksums.json"

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from helpers.mnist import load_mnist
+from helpers.data.mnist import load_mnist
 from helpers.seed import generator
 from helpers.tensordata import TensorData
 

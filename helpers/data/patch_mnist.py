@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from helpers.mnist import load_mnist
+from helpers.data.mnist import load_mnist
 from helpers.seed import generator
 from helpers.tensordata import TensorData
 

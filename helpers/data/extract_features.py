@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m helpers.extract_features IMAGES_DIR OUT_DIR [--weights imagenet|random] [--device auto]
+    python -m helpers.data.extract_features IMAGES_DIR OUT_DIR [--weights imagenet|random] [--device auto]
                                        [--image-size 224] [--batch-size 64] [--seed 0] [--overwrite]
 
 ``IMAGES_DIR`` holds the images and a ``metadata.csv`` in the Waterbirds layout, with at least the columns
@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.device import pick_device
-from helpers.feature_folder import FeatureFolderError, FeatureSplit, balance_groups, describe, write_feature_folder
+from helpers.data.feature_folder import FeatureFolderError, FeatureSplit, balance_groups, describe, write_feature_folder
 
 SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 REQUIRED_COLUMNS = ("img_filename", "y", "place", "split")
@@ -157,7 +157,7 @@ def run(images_dir, out_dir, weights: str = "imagenet", device="auto", image_siz
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m helpers.extract_features", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m helpers.data.extract_features", description=__doc__.split("\n\n")[0])
     p.add_argument("images_dir", help="folder with metadata.csv (img_filename,y,place,split) and the images")
     p.add_argument("out_dir", help="feature folder to write")
     p.add_argument("--weights", choices=("imagenet", "random"), default="imagenet")

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.feature_folder import FeatureSplit
+from helpers.data.feature_folder import FeatureSplit
+from helpers.models import Adapter, MarginHead
 from helpers.tensordata import TensorData
 from helpers.train import Batch, History, KeepBest, class_balanced, fit, predict, shuffled, supervised_step
 
@@ -23,40 +24,6 @@ from helpers.train import Batch, History, KeepBest, class_balanced, fit, predict
 def as_tensordata(split: FeatureSplit, **extras: torch.Tensor) -> TensorData:
     """A FeatureSplit as the TensorData that :func:`helpers.train.fit` slices (bias kept for evaluation only)."""
     return TensorData(split.feats, split.targets, split.bias, dict(extras))
-
-
-class Adapter(nn.Module):
-    """ERM / bias-amplified adapter: ``tanh(W1 z)`` (128-d) then a linear 2-way classifier."""
-
-    def __init__(self, dim: int, hidden: int = 128):
-        super().__init__()
-        if dim < 1 or hidden < 1:
-            raise ValueError(f"dim and hidden must be >= 1, got dim={dim}, hidden={hidden}")
-        self.hidden = nn.Linear(dim, hidden)
-        self.out = nn.Linear(hidden, 2)
-
-    def features(self, z: torch.Tensor) -> torch.Tensor:
-        """L2-normalised hidden features (what stage 2 clusters)."""
-        return F.normalize(torch.tanh(self.hidden(z)), dim=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(z)))
-
-
-class MarginHead(nn.Module):
-    """CAML head: ``h = ReLU(W1 z)``; returns ``cos(theta_j) = <h/|h|, W_j/|W_j|>`` for the two classes."""
-
-    def __init__(self, dim: int, hidden: int = 128):
-        super().__init__()
-        if dim < 1 or hidden < 1:
-            raise ValueError(f"dim and hidden must be >= 1, got dim={dim}, hidden={hidden}")
-        self.hidden = nn.Linear(dim, hidden)
-        self.weight = nn.Parameter(torch.empty(2, hidden))
-        nn.init.xavier_uniform_(self.weight)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.normalize(F.relu(self.hidden(z)), dim=1)
-        return h @ F.normalize(self.weight, dim=1).t()
 
 
 # --------------------------------------------------------------------------------------------- stage 3 loss
@@ -184,5 +151,5 @@ def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: 
     return h, keep.restore()
 
 
-__all__ = ["as_tensordata", "Adapter", "MarginHead", "angular_margin_logits", "adaptive_margin_loss",
+__all__ = ["as_tensordata", "angular_margin_logits", "adaptive_margin_loss",
            "sample_margins", "train_adapter", "pseudo_groups", "train_caml"]

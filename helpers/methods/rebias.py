@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.hsic import hsic_biased, hsic_unbiased
+from helpers.methods.hsic import hsic_biased, hsic_unbiased
 from helpers.train import Batch, StepFn
 
 ESTIMATORS = {"unbiased": hsic_unbiased, "biased": hsic_biased}

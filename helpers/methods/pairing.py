@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.background_mnist import AUGMENT_MODES, BIASED_DIGITS, recolour
+from helpers.data.background_mnist import AUGMENT_MODES, BIASED_DIGITS, recolour
 from helpers.train import Batch, StepFn
 
 CONSISTENCY = ("l2", "kl", "l1")

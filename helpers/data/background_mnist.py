@@ -29,8 +29,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from helpers.biased_mnist import to_display  # noqa: F401 - same [-1, 1] image convention; chapters call B.to_display
-from helpers.mnist import load_mnist
+from helpers.data.biased_mnist import to_display  # noqa: F401 - same [-1, 1] image convention; chapters call B.to_display
+from helpers.data.mnist import load_mnist
 from helpers.tensordata import TensorData
 
 POOL = torch.tensor([

@@ -1,0 +1,1 @@
+"""The methods the chapters teach: losses, step functions and their training recipes, one module each."""
