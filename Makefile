@@ -10,7 +10,7 @@ FORCE   ?=
 RETRAIN ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: book html test unit nbval lab benchmark clean distclean
+.PHONY: book html test unit lint lab benchmark clean distclean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -105,3 +105,40 @@ def group_heatmap(table: np.ndarray, *, title: str, target_names=None, bias_name
                    xticklabels=bias_names if bias_names is not None else "auto",
                    yticklabels=target_names if target_names is not None else "auto", ax=ax,
                    cbar_label="accuracy", cmap="magma")
+
+
+def examples_per_group(y: torch.Tensor, bias: torch.Tensor, groups: Mapping[str, tuple[int, int]],
+                       n_each: int = 2) -> tuple[torch.Tensor, list[str]]:
+    """The first ``n_each`` indices of each named (target, bias) group, and a title per index (for galleries)."""
+    idx, titles = [], []
+    for name, (target, b) in groups.items():
+        found = ((y == target) & (bias == b)).nonzero().flatten()[:n_each]
+        idx += found.tolist()
+        titles += [name] * len(found)
+    return torch.tensor(idx, dtype=torch.long, device=y.device), titles
+
+
+def image_rows(rows: Sequence[tuple[str, torch.Tensor]], column_titles: Sequence[str], *, title: str,
+               heat: str = "saliency"):
+    """A gallery: one row per (name, images) pair, one column per example. Images are (N, 3, H, W) colour or
+    (N, H, W) maps in [0, 1]; rows whose name contains ``heat`` use a heat colour map, the others grey."""
+    ncols = len(column_titles)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(BOOK_WIDTH, 0.9 * len(rows) + 0.5), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            img = images[c].detach().float().cpu()
+            if img.dim() == 3:
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            else:
+                ax.imshow(img.numpy(), cmap="inferno" if heat in name else "gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
+
+from helpers.seed import generator
 
 
 @dataclass
@@ -60,26 +62,15 @@ class TensorData:
     def device(self) -> torch.device:
         return self.x.device
 
-    def with_extras(self, **extras: torch.Tensor) -> "TensorData":
-        return replace(self, extras={**self.extras, **extras})
+
+def random_subset(n: int, size: int | None, seed: int, name: str = "size", minimum: int = 10) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of ``size`` out of ``n`` rows (all rows when ``size`` is None or
+    at least ``n``); ``minimum`` (default: one image per class of a 10-class set) names ``name`` when violated."""
+    if size is None or size >= n:
+        return torch.arange(n)
+    if size < minimum:
+        raise ValueError(f"{name} must be None (all images) or at least {minimum}, got {size}")
+    return torch.randperm(n, generator=generator(seed))[:size].sort().values
 
 
-def concat(parts: list[TensorData]) -> TensorData:
-    """Concatenate sets that carry the same fields."""
-    if not parts:
-        raise ValueError("concat needs at least one TensorData")
-    has_bias = {p.bias is not None for p in parts}
-    if len(has_bias) != 1:
-        raise ValueError("concat: either all parts carry bias labels or none does")
-    keys = {tuple(sorted(p.extras)) for p in parts}
-    if len(keys) != 1:
-        raise ValueError("concat: parts carry different extras")
-    return TensorData(
-        torch.cat([p.x for p in parts]),
-        torch.cat([p.y for p in parts]),
-        torch.cat([p.bias for p in parts]) if parts[0].bias is not None else None,
-        {k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras},
-    )
-
-
-__all__ = ["TensorData", "concat"]
+__all__ = ["TensorData", "random_subset"]

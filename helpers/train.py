@@ -9,6 +9,7 @@ CUDA, progress bars, the per-epoch history, evaluation, early stopping, LR sched
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -22,6 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from helpers.device import autocast, memory_format
+from helpers.metrics import accuracy
+from helpers.models import eval_mode
 from helpers.tensordata import TensorData
 
 
@@ -65,9 +68,41 @@ class History:
         """Plain dict (weights_only-loadable) for checkpoints."""
         return {"rows": [dict(r) for r in self.rows], "stopped_early": self.stopped_early}
 
-    @classmethod
-    def from_state(cls, state: Mapping) -> "History":
-        return cls([dict(r) for r in state["rows"]], bool(state.get("stopped_early", False)))
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings every small head shares: Adam with ``lr`` and ``weight_decay``, ``epochs`` of batches of
+    ``batch_size`` in an order seeded by ``seed``. Checked once, here."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    def adam(self, params) -> torch.optim.Adam:
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass
+class TrainResult:
+    """What every ``train_*`` function returns: the history, the epoch whose weights the model now holds, and
+    method-specific extras (e.g. JTT's error set)."""
+
+    history: History
+    best_epoch: int
+    extras: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -214,23 +249,17 @@ def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: Ten
             batch_size: int = 1024) -> torch.Tensor:
     """Logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored)."""
     x = data.x if isinstance(data, TensorData) else data
-    was_training = getattr(model, "training", False)
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
+    with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         outs = []
         for start in range(0, len(x), batch_size):
             with autocast(x.device):
                 outs.append(model(x[start : start + batch_size]).float())
-        return torch.cat(outs) if outs else torch.empty(0)
-    finally:
-        if isinstance(model, nn.Module):
-            model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def accuracy_on(model: nn.Module, data: TensorData, batch_size: int = 1024) -> float:
     """Fraction of ``data`` that ``model`` classifies correctly."""
-    return float((predict(model, data, batch_size).argmax(1) == data.y).float().mean())
+    return accuracy(data.y, predict(model, data, batch_size).argmax(1))
 
 
 # ------------------------------------------------------------------------------------------------ callbacks

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from helpers.methods import caml as C
 from helpers.tensordata import TensorData
+from helpers.train import TrainConfig
 
 
 def test_zero_margins_equal_scaled_cosine_ce():
@@ -73,27 +74,27 @@ def test_train_caml_deterministic_and_checks():
     for _ in range(2):
         torch.manual_seed(0)
         head = MarginHead(6)
-        h, best = C.train_caml(head, tr, va, pg["clusters"], pg["table"], epochs=3, batch_size=64, lr=1e-2,
-                               weight_decay=1e-4, sigma=0.2, scale=8, seed=3)
-        assert 1 <= best <= 3
+        cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-2, weight_decay=1e-4, seed=3)
+        result = C.train_caml(head, tr, va, pg["clusters"], pg["table"], cfg, sigma=0.2, scale=8)
+        assert 1 <= result.best_epoch <= 3
         preds.append(C.predict(head, va))
     assert torch.equal(preds[0], preds[1])
     assert (preds[0].argmax(1) == va.y).float().mean() > 0.7
     with pytest.raises(ValueError, match="epochs"):
-        C.train_caml(head, tr, va, pg["clusters"], pg["table"], epochs=0, batch_size=64, lr=1e-2,
-                     weight_decay=0, sigma=0.2, scale=8, seed=3)
+        TrainConfig(epochs=0, batch_size=64, lr=1e-2)
     with pytest.raises(ValueError, match="clusters"):
-        C.train_caml(head, tr, va, pg["clusters"][:5], pg["table"], epochs=1, batch_size=64, lr=1e-2,
-                     weight_decay=0, sigma=0.2, scale=8, seed=3)
+        C.train_caml(head, tr, va, pg["clusters"][:5], pg["table"], cfg, sigma=0.2, scale=8)
 
 
 def test_stage1_selects_by_train_accuracy():
     tr = _toy()
     torch.manual_seed(0)
     a = Adapter(6)
-    h, best = C.train_adapter(a, tr, epochs=4, batch_size=64, lr=1e-2, weight_decay=0.1, seed=0)
-    accs = h.column("select_acc")
-    assert best == 1 + max(range(len(accs)), key=lambda i: (accs[i], -i))
+    result = C.train_adapter(a, tr, TrainConfig(epochs=4, batch_size=64, lr=1e-2, weight_decay=0.1, seed=0))
+    accs = result.history.column("select_acc")
+    assert result.best_epoch == 1 + max(range(len(accs)), key=lambda i: (accs[i], -i))
     assert Adapter(6).features(tr.x).norm(dim=1).allclose(torch.ones(len(tr)), atol=1e-5)
     with pytest.raises(ValueError, match="weight_decay"):
-        C.train_adapter(a, tr, epochs=1, batch_size=64, lr=1e-2, weight_decay=-1, seed=0)
+        TrainConfig(epochs=1, batch_size=64, lr=1e-2, weight_decay=-1)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(epochs=1, batch_size=64, lr=0.0)

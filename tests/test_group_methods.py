@@ -5,6 +5,7 @@ import torch
 from helpers.methods import group_methods as G
 from helpers.models import Adapter
 from helpers.tensordata import TensorData
+from helpers.train import TrainConfig
 
 
 def test_group_metrics_on_hand_made_predictions():
@@ -67,18 +68,18 @@ def _toy(n=400, seed=0, agree=0.95):
 
 def test_methods_run_and_beat_chance_on_toy():
     tr, va = _toy(), _toy(200, 1, agree=0.5)
-    kw = dict(epochs=3, batch_size=64, lr=1e-2, weight_decay=1e-4, seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-2, weight_decay=1e-4, seed=0)
     torch.manual_seed(0)
-    out = G.train_jtt(Adapter(4), tr, va, id_epochs=1, upweight=5, **kw)
-    assert out["error_set_size"] == sum(out["error_set_groups"])
-    out = G.train_groupdro(Adapter(4), tr, va, eta=0.1, **kw)
-    assert sum(out["q"]) == pytest.approx(1.0, abs=1e-5)
+    out = G.train_jtt(Adapter(4), tr, va, cfg, id_epochs=1, upweight=5)
+    assert out.extras["error_set_size"] == sum(out.extras["error_set_groups"])
+    out = G.train_groupdro(Adapter(4), tr, va, cfg, eta=0.1)
+    assert sum(out.extras["q"]) == pytest.approx(1.0, abs=1e-5)
     m = Adapter(4)
-    G.train_lff(m, tr, va, **kw)
-    G.train_erm(Adapter(4), tr, va, **kw)
+    assert G.train_lff(m, tr, va, cfg).best_epoch == 3
+    assert 1 <= G.train_erm(Adapter(4), tr, va, cfg).best_epoch <= 3
     predict, c = G.train_dfr(va, seed=0)
     assert (predict(va.x) == va.y.numpy()).mean() > 0.6
     with pytest.raises(ValueError, match="eta"):
-        G.train_groupdro(Adapter(4), tr, va, eta=0, **kw)
+        G.train_groupdro(Adapter(4), tr, va, cfg, eta=0)
     with pytest.raises(ValueError, match="select"):
-        G.train_erm(Adapter(4), tr, va, select="bad", **kw)
+        G.train_erm(Adapter(4), tr, va, cfg, select="bad")

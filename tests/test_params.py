@@ -4,7 +4,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from helpers.book import runner
+from helpers.book import closure, runner
 from helpers.book.params import ParameterError, PROFILES, load_spec, profile_values, validate
 
 CHAPTERS = sorted(Path(p).stem for p in glob.glob(str(runner.NOTEBOOKS / "[0-9][0-9]_*.ipynb")))
@@ -60,10 +60,10 @@ def test_unknown_chapter_is_refused():
 
 
 def test_hash_follows_helper_imports():
-    files = runner.helper_modules(
+    files = closure.helper_modules(
         "import numpy\nfrom helpers.train import fit\nfrom helpers import (metrics as M,\n plots)\n"
         "from helpers.methods import rebias as R\n%matplotlib inline\n")
-    mods = {p.relative_to(runner.REPO_ROOT / "helpers").as_posix() for p in files}
+    mods = {p.relative_to(closure.REPO_ROOT / "helpers").as_posix() for p in files}
     assert {"train.py", "metrics.py", "plots.py", "tensordata.py", "device.py", "__init__.py",
             "methods/__init__.py", "methods/rebias.py", "methods/hsic.py"} <= mods  # hsic: imported by rebias
     assert not any("biased_mnist" in m or "numpy" in m for m in mods)
@@ -75,9 +75,9 @@ def test_editing_a_nested_helper_makes_the_chapter_stale(tmp_path, monkeypatch):
     import shutil
 
     package = tmp_path / "helpers"
-    shutil.copytree(runner.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(runner, "PACKAGE", package)
-    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    shutil.copytree(closure.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(closure, "PACKAGE", package)
+    monkeypatch.setattr(closure, "REPO_ROOT", tmp_path)
     src = runner.NOTEBOOKS / "05_rebias.ipynb"
     params = profile_values("05_rebias", "smoke")
     before = runner.source_hash(src, params)

@@ -28,10 +28,10 @@ from typing import Any, Mapping
 
 import torch
 
-from helpers.cache import atomic_write_text
+from helpers.book.closure import code_hash
+from helpers.book.params import parameters_from_namespace, swept
+from helpers.cache import REPO_ROOT, atomic_write_text, cache_root
 from helpers.device import describe, pick_device
-from helpers.book.params import parameters_from_namespace
-from helpers.cache import REPO_ROOT, cache_root
 from helpers.plots import use_book_style
 
 RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"
@@ -70,11 +70,22 @@ class ChapterRun:
     chapter: str
     params: dict
     device: torch.device
+    code: str = ""  # hash of the helpers modules the chapter imports (closure.code_hash)
     started: float = field(default_factory=time.perf_counter)
 
     @property
     def profile(self) -> str:
         return self.params.get("profile", "custom")
+
+    def cache_config(self, **cell: Any) -> dict:
+        """The key of one cached training cell: every validated parameter except the grid axes (``sweep: true``
+        in the schema) and the plot-only ``profile``/``device`` names, the cell's own values (its grid
+        coordinates, overrides and data identity, which win over the parameters), the device type it trains on,
+        and the hash of the helpers code the chapter runs. Anything else that changes invalidates the cache."""
+        axes = swept(self.chapter) | {"profile", "device"}
+        fixed = {k: v for k, v in self.params.items() if k not in axes}
+        return {"chapter": self.chapter, **fixed, **cell, "device_type": self.device.type,
+                "code": self.code}
 
     def results_dir(self) -> Path:
         path = Path(os.environ.get(RESULTS_ENV) or cache_root() / "results")
@@ -112,4 +123,6 @@ def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
     device = pick_device(params.get("device"))
     use_book_style()
     print(f"{chapter}: profile={params.get('profile', 'custom')}, device={describe(device)}")
-    return ChapterRun(chapter, params, device)
+    source = REPO_ROOT / "notebooks" / f"{chapter}.ipynb"
+    code = code_hash(source) if source.is_file() else ""
+    return ChapterRun(chapter, params, device, code)

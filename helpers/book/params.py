@@ -6,6 +6,7 @@ Each chapter ``notebooks/NN_name.ipynb`` has ``notebooks/profiles/NN_name.yaml``
       epochs: {type: int, min: 1}
       rhos: {type: list, item: float, min: 0.0, max: 1.0, min_len: 1}
       device: {type: str, choices: [auto, cpu, cuda, mps]}
+      seed: {type: int, min: 0, sweep: true}   # sweep: an axis of the chapter's grid (see cache_config)
     profiles:                   # papermill parameter sets; values not given keep the notebook's defaults
       smoke: {epochs: 1}
       quick: {}
@@ -28,7 +29,7 @@ from helpers.cache import REPO_ROOT
 PROFILE_DIR = REPO_ROOT / "notebooks" / "profiles"
 PROFILES = ("smoke", "quick", "full")
 TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
-RULE_KEYS = {"type", "item", "min", "max", "choices", "min_len", "max_len", "nullable", "help"}
+RULE_KEYS = {"type", "item", "min", "max", "choices", "min_len", "max_len", "nullable", "sweep", "help"}
 
 
 class ParameterError(ValueError):
@@ -37,6 +38,11 @@ class ParameterError(ValueError):
     def __init__(self, chapter: str, name: str, message: str):
         self.chapter, self.name = chapter, name
         super().__init__(f"{chapter}: parameter '{name}' {message}")
+
+
+def swept(chapter: str, profile_dir: Path | None = None) -> set[str]:
+    """Names marked ``sweep: true``: axes of the chapter's grid, which each cached cell keys by its own value."""
+    return {name for name, rule in load_spec(chapter, profile_dir)["parameters"].items() if rule.get("sweep")}
 
 
 def load_spec(chapter: str, profile_dir: Path | None = None) -> dict:

@@ -16,7 +16,6 @@ and the failing cell, and keeps the partial notebook in ``build/failed/``.
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 
+from helpers.book.closure import code_hash
 from helpers.book.params import PROFILES, ParameterError, profile_values
 from helpers.cache import REPO_ROOT
 
@@ -58,50 +58,6 @@ def chapters(selection: list[str] | None = None) -> list[Path]:
     return chosen
 
 
-PACKAGE = REPO_ROOT / "helpers"
-
-
-def _module_file(dotted: str) -> Path | None:
-    """The file of module ``helpers.a.b`` (``a/b.py`` or ``a/b/__init__.py``), or None if it is not one."""
-    parts = dotted.split(".")[1:]
-    base = PACKAGE.joinpath(*parts)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if parts and candidate.is_file():
-            return candidate
-    return PACKAGE / "__init__.py" if not parts else None
-
-
-def _imports(code: str) -> set[str]:
-    """Dotted names of the ``helpers`` modules that ``code`` imports, including ``from pkg import module``."""
-    # IPython magics and shell escapes are not Python: blank them out, keep line numbers.
-    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in code.splitlines())
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names if a.name.split(".")[0] == "helpers")
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
-                and node.module.split(".")[0] == "helpers":
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)  # kept only if it is a module
-    return names
-
-
-def helper_modules(code: str) -> list[Path]:
-    """The files of every ``helpers`` module that ``code`` imports, followed transitively through the package
-    (and the ``__init__.py`` of each package on the way), sorted."""
-    found: set[Path] = set()
-    todo = [code]
-    while todo:
-        for dotted in _imports(todo.pop()):
-            parts = dotted.split(".")
-            for i in range(1, len(parts) + 1):  # the package __init__ files run on import too
-                path = _module_file(".".join(parts[:i]))
-                if path is not None and path not in found:
-                    found.add(path)
-                    todo.append(path.read_text())
-    return sorted(found)
-
-
 def source_hash(src: Path, params: dict) -> str:
     """What an executed copy depends on: the cells' sources, the parameters and the helpers modules it uses."""
     nb = nbformat.read(src, as_version=4)
@@ -110,10 +66,7 @@ def source_hash(src: Path, params: dict) -> str:
         h.update(cell.cell_type.encode())
         h.update(cell.source.encode())
     h.update(json.dumps(params, sort_keys=True).encode())
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    for path in helper_modules(code):
-        h.update(path.relative_to(REPO_ROOT).as_posix().encode())
-        h.update(path.read_bytes())
+    h.update(code_hash(src).encode())
     return h.hexdigest()
 
 

@@ -20,7 +20,7 @@ import torch
 
 from helpers.data.mnist import load_mnist
 from helpers.seed import generator
-from helpers.tensordata import TensorData
+from helpers.tensordata import TensorData, random_subset
 
 # RGB 0-255, index = colour (bias) label; class y's aligned colour is index y.
 PALETTE = torch.tensor(
@@ -97,15 +97,6 @@ def make_biased_mnist(images: torch.Tensor, labels: torch.Tensor, rho: float, *,
     return TensorData(colour_background(images, colours), labels.clone(), colours)
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int):
-    if size is None or size >= len(y):
-        return x, y
-    if size < 10:
-        raise ValueError(f"subset size must be at least 10 (one per class), got {size}")
-    keep = torch.randperm(len(y), generator=generator(seed))[:size].sort().values
-    return x[keep], y[keep]
-
-
 def biased_mnist(rho: float, *, seed: int = 0, n_confusing_labels: int = 9, train_size: int | None = None,
                  test_size: int | None = None, root=None) -> dict[str, TensorData]:
     """Training set at ``rho`` plus the ``biased`` / ``unbiased`` / ``conflicting`` test sets.
@@ -113,8 +104,10 @@ def biased_mnist(rho: float, *, seed: int = 0, n_confusing_labels: int = 9, trai
     ``train_size`` / ``test_size`` take a random subset (same seed ⇒ same subset) for fast profiles.
     """
     mnist = load_mnist(root)
-    tr_x, tr_y = _subset(mnist["train_x"], mnist["train_y"], train_size, seed)
-    te_x, te_y = _subset(mnist["test_x"], mnist["test_y"], test_size, seed + 1)
+    keep = random_subset(len(mnist["train_y"]), train_size, seed, "train_size")
+    tr_x, tr_y = mnist["train_x"][keep], mnist["train_y"][keep]
+    keep = random_subset(len(mnist["test_y"]), test_size, seed + 1, "test_size")
+    te_x, te_y = mnist["test_x"][keep], mnist["test_y"][keep]
     sets = {"train": make_biased_mnist(tr_x, tr_y, rho, seed=seed, n_confusing_labels=n_confusing_labels)}
     for offset, (name, eval_rho) in enumerate(EVAL_RHOS.items(), start=1):
         sets[name] = make_biased_mnist(te_x, te_y, eval_rho, seed=seed + 1000 * offset,

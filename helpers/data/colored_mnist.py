@@ -25,9 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from helpers import metrics as M
 from helpers.data.mnist import load_mnist
+from helpers.models import eval_mode
 from helpers.seed import generator
-from helpers.tensordata import TensorData
+from helpers.tensordata import TensorData, random_subset
 
 NUM_CLASSES = 10
 TRAIN_SPLIT = 48_000  # of the official 60k training images; the other 12k are the validation set
@@ -75,15 +77,6 @@ def _pair(x: torch.Tensor, y: torch.Tensor, colour: torch.Tensor, bias: torch.Te
     return TensorData(x, y.clone(), bias, {"colour": colour})
 
 
-def _take(n: int, size: int | None, seed: int) -> torch.Tensor | None:
-    """Indices of a seeded random subset of ``size`` out of ``n`` (None = keep all)."""
-    if size is None or size >= n:
-        return None
-    if size < NUM_CLASSES:
-        raise ValueError(f"subset size must be at least {NUM_CLASSES}, got {size}")
-    return torch.randperm(n, generator=generator(seed))[:size].sort().values
-
-
 @dataclass
 class ColoredMNIST:
     """The six sets (``data["train"]``, …) and the class colour table (10, 3) they were built with."""
@@ -108,13 +101,10 @@ def build_colored_mnist(*, seed: int, std: float = 0.1, train_size: int | None =
     perm = torch.randperm(len(mnist["train_y"]), generator=generator(seed + SEED_OFFSETS["split"]))
     parts = {"train": perm[:TRAIN_SPLIT], "val": perm[TRAIN_SPLIT:]}
     for name, size in (("train", train_size), ("val", val_size)):
-        keep = _take(len(parts[name]), size, seed + SEED_OFFSETS["subset"] + len(name))
-        if keep is not None:
-            parts[name] = parts[name][keep]
-    te_keep = _take(len(mnist["test_y"]), test_size, seed + SEED_OFFSETS["subset"])
-    te_x, te_y = mnist["test_x"], mnist["test_y"]
-    if te_keep is not None:
-        te_x, te_y = te_x[te_keep], te_y[te_keep]
+        keep = random_subset(len(parts[name]), size, seed + SEED_OFFSETS["subset"] + len(name), f"{name}_size")
+        parts[name] = parts[name][keep]
+    te_keep = random_subset(len(mnist["test_y"]), test_size, seed + SEED_OFFSETS["subset"], "test_size")
+    te_x, te_y = mnist["test_x"][te_keep], mnist["test_y"][te_keep]
 
     tr_x, tr_y = _images(mnist["train_x"][parts["train"]]), mnist["train_y"][parts["train"]]
     va_x, va_y = _images(mnist["train_x"][parts["val"]]), mnist["train_y"][parts["val"]]
@@ -144,19 +134,15 @@ def coloured_digits(data: TensorData) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, data: TensorData, batch_size: int = 2048) -> torch.Tensor:
     """Logits of a two-input model on every sample of ``data`` (eval mode; the previous mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         outs = [model(data.x[i : i + batch_size], data.extras["colour"][i : i + batch_size]).float()
                 for i in range(0, len(data), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(outs)
 
 
 def accuracy(model: nn.Module, data: TensorData) -> float:
     """Plain accuracy: fraction of ``data`` classified correctly."""
-    return float((predict(model, data).argmax(1) == data.y).float().mean())
+    return M.accuracy(data.y, predict(model, data).argmax(1))
 
 
 __all__ = ["ColoredMNIST", "build_colored_mnist", "colour_table", "colour_vectors", "other_class",

@@ -24,6 +24,7 @@ majority groups of the training split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -331,3 +332,14 @@ def make_tiny_feature_folder(path: str | os.PathLike, seed: int = 0, dim: int = 
 
 __all__ = ["FeatureSplit", "FeatureFolderError", "load_feature_folder", "write_feature_folder", "validate_splits",
            "describe", "read_meta", "balance_groups", "make_tiny_feature_folder", "SPLITS", "GROUP_NAMES"]
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-256 over the names and bytes of every array file in a feature folder: the folder's identity in cache
+    keys (a path says nothing once its files are replaced)."""
+    folder = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(folder.glob("*.npy")):
+        h.update(file.name.encode())
+        h.update(file_digest(file).encode())
+    return h.hexdigest()

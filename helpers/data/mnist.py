@@ -22,7 +22,6 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import socket
 import struct
 import subprocess
@@ -214,8 +213,3 @@ def load_mnist(root: str | os.PathLike | None = None) -> dict[str, torch.Tensor]
         "test_x": torch.from_numpy(arr["t10k-images-idx3-ubyte"].copy()),
         "test_y": torch.from_numpy(arr["t10k-labels-idx1-ubyte"].astype(np.int64)),
     }
-
-
-def _remove_cache(root: str | os.PathLike | None = None) -> None:
-    """Delete the cached raw files (used by tests)."""
-    shutil.rmtree(raw_dir(root), ignore_errors=True)

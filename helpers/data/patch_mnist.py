@@ -23,7 +23,7 @@ import torch
 
 from helpers.data.mnist import load_mnist
 from helpers.seed import generator
-from helpers.tensordata import TensorData
+from helpers.tensordata import TensorData, random_subset
 
 OFFICIAL_COLOUR = (255, 0, 0)   # red, hard-coded for two classes in the official code
 OFFICIAL_PATCH_SIZE = 4
@@ -79,14 +79,6 @@ def render(images: torch.Tensor, patched: torch.Tensor, patch_size: int = OFFICI
     return x
 
 
-def _subset(n: int, size: int | None, seed: int, name: str) -> torch.Tensor:
-    if size is None or size >= n:
-        return torch.arange(n)
-    if size < 10:
-        raise ValueError(f"{name} must be None (all images) or at least 10, got {size}")
-    return torch.randperm(n, generator=generator(seed))[:size].sort().values
-
-
 def _make(images, digits, patched, patch_size, colour) -> TensorData:
     return TensorData(render(images, patched, patch_size, colour), two_class_labels(digits), patched.long(),
                       {"digit": digits.clone()})
@@ -102,14 +94,14 @@ def patch_mnist(*, seed: int = 0, conflict_ratio: float = 0.01, conflict_order: 
     """
     _check(patch_size, colour, conflict_ratio, conflict_order)
     mnist = load_mnist(root)
-    keep = _subset(len(mnist["train_y"]), train_size, seed, "train_size")
+    keep = random_subset(len(mnist["train_y"]), train_size, seed, "train_size")
     tr_x, tr_d = mnist["train_x"][keep], mnist["train_y"][keep]
     if not 0 <= val_size < len(tr_d):
         raise ValueError(f"val_size must lie in [0, {len(tr_d) - 1}] for {len(tr_d)} training images, got {val_size}")
     full = _make(tr_x, tr_d, choose_patched(tr_d, conflict_ratio, conflict_order, seed), patch_size, colour)
     perm = torch.randperm(len(full), generator=generator(seed + 1))
     sets = {"train": full[perm[val_size:].sort().values], "val": full[perm[:val_size].sort().values]}
-    keep = _subset(len(mnist["test_y"]), test_size, seed + 2, "test_size")
+    keep = random_subset(len(mnist["test_y"]), test_size, seed + 2, "test_size")
     te_x, te_d = mnist["test_x"][keep], mnist["test_y"][keep]
     sets["raw"] = _make(te_x, te_d, torch.zeros(len(te_d), dtype=torch.bool), patch_size, colour)
     sets["biased"] = _make(te_x, te_d, two_class_labels(te_d) == 1, patch_size, colour)

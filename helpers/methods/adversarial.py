@@ -11,12 +11,13 @@ device is attacked through a CPU copy).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
 import torch
 from torch import nn
+
+from helpers.models import eval_mode
 
 
 class _UnitInput(nn.Module):
@@ -28,16 +29,6 @@ class _UnitInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x * 2.0 - 1.0)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _classifier(model: nn.Module, x: torch.Tensor, num_classes: int):
@@ -72,7 +63,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, batc
     if eps == 0:
         return x.clone()
     dev = x.device
-    with _eval_mode(model):
+    with eval_mode(model):
         clf = _classifier(model, x, num_classes)
         x01 = ((x.detach().float() + 1.0) / 2.0).cpu().numpy()
         attack = FastGradientMethod(clf, norm=np.inf, eps=float(eps), batch_size=batch_size)
@@ -97,7 +88,7 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_iter: int =
     if initial_const <= 0:
         raise ValueError(f"initial_const must be > 0, got {initial_const}")
     dev = x.device
-    with _eval_mode(model):
+    with eval_mode(model):
         clf = _classifier(model, x, num_classes)
         x01 = ((x.detach().float() + 1.0) / 2.0).cpu().numpy()
         attack = CarliniL2Method(clf, confidence=confidence, targeted=False, learning_rate=learning_rate,
@@ -114,7 +105,7 @@ def _predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
 
 def accuracy_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
     """Fraction of images still classified correctly after the attack (correct after attack / total)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         return float((_predict_labels(model, x_adv) == y).float().mean())
 
 

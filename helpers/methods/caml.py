@@ -18,7 +18,8 @@ from torch import nn
 from helpers.data.feature_folder import FeatureSplit
 from helpers.models import Adapter, MarginHead
 from helpers.tensordata import TensorData
-from helpers.train import Batch, History, KeepBest, class_balanced, fit, predict, shuffled, supervised_step
+from helpers.train import (Batch, KeepBest, TrainConfig, TrainResult, accuracy_on, class_balanced, fit, predict,
+                           shuffled, supervised_step)
 
 
 def as_tensordata(split: FeatureSplit, **extras: torch.Tensor) -> TensorData:
@@ -58,35 +59,20 @@ def sample_margins(table: torch.Tensor, clusters: torch.Tensor, sigma: float, ge
 
 
 # ------------------------------------------------------------------------------------------- stage 1 and 2
-def _check_common(epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if int(v) < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-
-
-def train_adapter(model: Adapter, train: TensorData, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
-                  seed: int, balanced: bool = True, select_on: TensorData | None = None, desc: str = "adapter"
-                  ) -> tuple[History, int]:
+def train_adapter(model: Adapter, train: TensorData, cfg: TrainConfig, *, balanced: bool = True,
+                  select_on: TensorData | None = None, desc: str = "adapter") -> TrainResult:
     """Train an :class:`Adapter` with Adam and CE; keep the epoch with the best accuracy on ``select_on``.
 
     Stage 1 (bias amplification): ``balanced=True`` (class-balanced sampling), ``select_on=None`` — selection by
     *training* accuracy. ERM: ``balanced=False`` and ``select_on=val`` (plain validation accuracy).
     """
-    _check_common(epochs, batch_size, lr, weight_decay)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = cfg.adam(model.parameters())
     ref = train if select_on is None else select_on
-
     keep = KeepBest(model, "select_acc")
-    h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
-            sampler=class_balanced(train.y) if balanced else shuffled,
-            evaluate=lambda: {"select_acc": float((predict(model, ref).argmax(1) == ref.y).float().mean())},
-            callbacks=[keep])
-    best = keep.restore()
-    return h, best
+    h = fit(train, supervised_step(model, opt), epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model,
+            seed=cfg.seed, desc=desc, sampler=class_balanced(train.y) if balanced else shuffled,
+            evaluate=lambda: {"select_acc": accuracy_on(model, ref)}, callbacks=[keep])
+    return TrainResult(h, keep.restore())
 
 
 def pseudo_groups(features: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, k: int,
@@ -122,17 +108,15 @@ def pseudo_groups(features: torch.Tensor, targets: torch.Tensor, bias: torch.Ten
     return out
 
 
-def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: torch.Tensor, table: torch.Tensor, *,
-               epochs: int, batch_size: int, lr: float, weight_decay: float, sigma: float, scale: float,
-               seed: int, clip: float = 0.25, desc: str = "CAML") -> tuple[History, int]:
+def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: torch.Tensor, table: torch.Tensor,
+               cfg: TrainConfig, *, sigma: float, scale: float, clip: float = 0.25, desc: str = "CAML") -> TrainResult:
     """Stage 3: adaptive margin loss, Adam, gradient clipping; keep the epoch with the best plain val accuracy."""
-    _check_common(epochs, batch_size, lr, weight_decay)
     if len(clusters) != len(train):
         raise ValueError(f"clusters must have one id per training sample ({len(train)}), got {len(clusters)}")
     if clip <= 0:
         raise ValueError(f"clip must be > 0, got {clip}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed) + 1)
+    opt = cfg.adam(model.parameters())
+    gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
     clusters, table = clusters.to(train.device), table.to(train.device)
 
     def step(batch: Batch) -> dict:
@@ -145,10 +129,9 @@ def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: 
         return {"loss": loss}
 
     keep = KeepBest(model, "val_acc")
-    h = fit(train, step, epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
-            evaluate=lambda: {"val_acc": float((predict(model, val).argmax(1) == val.y).float().mean())},
-            callbacks=[keep])
-    return h, keep.restore()
+    h = fit(train, step, epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model, seed=cfg.seed, desc=desc,
+            evaluate=lambda: {"val_acc": accuracy_on(model, val)}, callbacks=[keep])
+    return TrainResult(h, keep.restore())
 
 
 __all__ = ["as_tensordata", "angular_margin_logits", "adaptive_margin_loss",

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.models import eval_mode
 from helpers.train import Batch, StepFn
 
 NOISES = ("knn", "batch_std")
@@ -225,14 +226,12 @@ def measure_fisher(model: nn.Module, data, cfg: FisherConfig, *, batch_size: int
     """F per modality of a (trained) model on the first ``n_batches`` batches of ``data``, with noise drawn
     from a fixed seed, so that epochs and models are compared on the same perturbed inputs. Averages of
     the per-batch F and of the per-batch share F_image / (F_image + F_colour)."""
-    was_training = model.training
-    model.eval()
     state = torch.random.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     torch.manual_seed(seed)
     f_img, f_col, share = [], [], []
     try:
-        with torch.enable_grad(), torch.autocast(data.x.device.type, enabled=False):
+        with eval_mode(model), torch.enable_grad(), torch.autocast(data.x.device.type, enabled=False):
             for b in range(n_batches):
                 sl = slice(b * batch_size, (b + 1) * batch_size)
                 x, c = data.x[sl], data.extras["colour"][sl]
@@ -247,7 +246,6 @@ def measure_fisher(model: nn.Module, data, cfg: FisherConfig, *, batch_size: int
         torch.random.set_rng_state(state)  # measuring must not change the training run's random stream
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
-        model.train(was_training)
     if not share:
         raise ValueError(f"measure_fisher: no batch of at least {cfg.min_batch()} samples in the data")
     mean = lambda v: sum(v) / len(v)  # noqa: E731

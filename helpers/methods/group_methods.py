@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from helpers import metrics as M
-from helpers.methods.caml import Adapter, _check_common
+from helpers.models import Adapter
 from helpers.tensordata import TensorData
-from helpers.train import Batch, History, KeepBest, accuracy_on, fit, predict, shuffled, supervised_step, weighted
+from helpers.train import (Batch, KeepBest, TrainConfig, TrainResult, accuracy_on, fit, predict, supervised_step,
+                           weighted)
 
 GROUP_NAMES = ["y0/b0", "y0/b1", "y1/b0", "y1/b1"]
 
@@ -39,18 +40,17 @@ def worst_group_on(model, data: TensorData) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- ERM
-def train_erm(model: Adapter, train: TensorData, val: TensorData, *, epochs: int, batch_size: int, lr: float,
-              weight_decay: float, seed: int, select: str = "plain", desc: str = "ERM") -> tuple[History, int]:
+def train_erm(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, select: str = "plain",
+              desc: str = "ERM") -> TrainResult:
     """Plain ERM (shuffled batches); keep the epoch with the best ``select`` ("plain" or "worst") val accuracy."""
-    _check_common(epochs, batch_size, lr, weight_decay)
     if select not in ("plain", "worst"):
         raise ValueError(f"select must be 'plain' or 'worst', got {select!r}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = cfg.adam(model.parameters())
     score = accuracy_on if select == "plain" else worst_group_on
     keep = KeepBest(model, "val_score")
-    h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
-            evaluate=lambda: {"val_score": score(model, val)}, callbacks=[keep])
-    return h, keep.restore()
+    h = fit(train, supervised_step(model, opt), epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model,
+            seed=cfg.seed, desc=desc, evaluate=lambda: {"val_score": score(model, val)}, callbacks=[keep])
+    return TrainResult(h, keep.restore())
 
 
 # ---------------------------------------------------------------------------------------------------- JTT
@@ -66,25 +66,24 @@ def jtt_error_set(model, train: TensorData) -> torch.Tensor:
     return (predict(model, train).argmax(1) != train.y).cpu()
 
 
-def train_jtt(model: Adapter, train: TensorData, val: TensorData, *, id_epochs: int, upweight: float, epochs: int,
-              batch_size: int, lr: float, weight_decay: float, seed: int, desc: str = "JTT") -> dict:
+def train_jtt(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, id_epochs: int,
+              upweight: float, desc: str = "JTT") -> TrainResult:
     """JTT: ERM for ``id_epochs`` → error set → fresh head trained with the error set up-sampled ``upweight``×."""
     if int(id_epochs) < 1:
         raise ValueError(f"id_epochs must be >= 1, got {id_epochs}")
-    _check_common(epochs, batch_size, lr, weight_decay)
     ident = Adapter(train.x.shape[1]).to(train.device)
-    opt = torch.optim.Adam(ident.parameters(), lr=lr, weight_decay=weight_decay)
-    fit(train, supervised_step(ident, opt), epochs=id_epochs, batch_size=batch_size, modules=ident, seed=seed,
+    opt = cfg.adam(ident.parameters())
+    fit(train, supervised_step(ident, opt), epochs=id_epochs, batch_size=cfg.batch_size, modules=ident, seed=cfg.seed,
         desc=f"{desc} id")
     wrong = jtt_error_set(ident, train)
     w = jtt_weights(wrong, upweight)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = cfg.adam(model.parameters())
     keep = KeepBest(model, "val_worst")
-    h = fit(train, supervised_step(model, opt), epochs=epochs, batch_size=batch_size, modules=model, seed=seed + 7,
-            desc=desc, sampler=weighted(w), evaluate=lambda: {"val_worst": worst_group_on(model, val)},
+    h = fit(train, supervised_step(model, opt), epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model,
+            seed=cfg.seed + 7, desc=desc, sampler=weighted(w), evaluate=lambda: {"val_worst": worst_group_on(model, val)},
             callbacks=[keep])
-    return {"history": h, "best_epoch": keep.restore(), "error_set_size": int(wrong.sum()),
-            "error_set_groups": torch.bincount((2 * train.y + train.bias).cpu()[wrong], minlength=4).tolist()}
+    groups = torch.bincount((2 * train.y + train.bias).cpu()[wrong], minlength=4).tolist()
+    return TrainResult(h, keep.restore(), {"error_set_size": int(wrong.sum()), "error_set_groups": groups})
 
 
 # ---------------------------------------------------------------------------------------------------- LfF
@@ -126,14 +125,13 @@ class _EMA:
         return out
 
 
-def train_lff(model: Adapter, train: TensorData, val: TensorData, *, epochs: int, batch_size: int, lr: float,
-              weight_decay: float, seed: int, q: float = 0.7, alpha: float = 0.7, desc: str = "LfF") -> dict:
+def train_lff(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, q: float = 0.7,
+              alpha: float = 0.7, desc: str = "LfF") -> TrainResult:
     """LfF: a GCE-trained biased head and the debiased ``model`` trained with relative-difficulty weights."""
-    _check_common(epochs, batch_size, lr, weight_decay)
     if not 0 <= alpha < 1:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     biased = Adapter(train.x.shape[1]).to(train.device)
-    opt = torch.optim.Adam(list(model.parameters()) + list(biased.parameters()), lr=lr, weight_decay=weight_decay)
+    opt = cfg.adam(list(model.parameters()) + list(biased.parameters()))
     ema_b, ema_d = _EMA(train.y, alpha), _EMA(train.y, alpha)
 
     def step(batch: Batch) -> dict:
@@ -147,19 +145,19 @@ def train_lff(model: Adapter, train: TensorData, val: TensorData, *, epochs: int
         opt.step()
         return {"loss": loss, "mean_weight": w.mean()}
 
-    h = fit(train, step, epochs=epochs, batch_size=batch_size, modules=[model, biased], seed=seed, desc=desc,
+    h = fit(train, step, epochs=cfg.epochs, batch_size=cfg.batch_size, modules=[model, biased], seed=cfg.seed,
+            desc=desc,
             evaluate=lambda: {"val_worst": worst_group_on(model, val), "biased_val_worst": worst_group_on(biased, val)})
-    return {"history": h, "best_epoch": epochs, "biased": biased}
+    return TrainResult(h, cfg.epochs, {"biased": biased})  # LfF keeps its last epoch
 
 
 # ----------------------------------------------------------------------------------------------- GroupDRO
-def train_groupdro(model: Adapter, train: TensorData, val: TensorData, *, epochs: int, batch_size: int, lr: float,
-                   weight_decay: float, seed: int, eta: float = 0.01, desc: str = "GroupDRO") -> dict:
+def train_groupdro(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, eta: float = 0.01,
+                   desc: str = "GroupDRO") -> TrainResult:
     """GroupDRO with training group labels (oracle): loss ``sum_g q_g l_g``, ``q ← q exp(eta l_g)``, normalised."""
-    _check_common(epochs, batch_size, lr, weight_decay)
     if eta <= 0:
         raise ValueError(f"eta must be > 0, got {eta}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = cfg.adam(model.parameters())
     q = torch.full((4,), 0.25, device=train.device)
 
     def step(batch: Batch) -> dict:
@@ -177,9 +175,9 @@ def train_groupdro(model: Adapter, train: TensorData, val: TensorData, *, epochs
         return {"loss": loss, "q_min": q.min()}
 
     keep = KeepBest(model, "val_worst")
-    h = fit(train, step, epochs=epochs, batch_size=batch_size, modules=model, seed=seed, desc=desc,
+    h = fit(train, step, epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model, seed=cfg.seed, desc=desc,
             evaluate=lambda: {"val_worst": worst_group_on(model, val)}, callbacks=[keep])
-    return {"history": h, "best_epoch": keep.restore(), "q": q.cpu().tolist()}
+    return TrainResult(h, keep.restore(), {"q": q.cpu().tolist()})
 
 
 # ---------------------------------------------------------------------------------------------------- DFR

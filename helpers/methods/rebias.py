@@ -8,6 +8,7 @@ Every method trains a shape-capable network ``f`` (``SimpleConvNet(7)``) next to
 * :func:`rubi_step` - RUBi (Cadene et al. 2019): f's logits are masked by sigmoid(W·g_feat + c).
 * :func:`learned_mixin_step` - LearnedMixin+H (Clark et al. 2019): f is trained in an ensemble with a frozen,
   pre-trained g whose logits are scaled by a learned gate s(x) = softplus(w·f_feat + c), plus an entropy penalty.
+* :func:`build` makes the networks, optimisers and step of one method by name; :func:`train` runs it.
 
 In each step the partner network's features are detached (computed without a graph), so one network's update
 never moves the other and no gradient is computed only to be discarded.
@@ -19,12 +20,17 @@ extra layer gets its own optimiser ``opt_extra``; pass ``opt_extra=None`` to rep
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from helpers.methods.hsic import hsic_biased, hsic_unbiased
-from helpers.train import Batch, StepFn
+from helpers.models import SimpleConvNet
+from helpers.tensordata import TensorData
+from helpers.train import Batch, History, StepFn, accuracy_on, fit, supervised_step
 
 ESTIMATORS = {"unbiased": hsic_unbiased, "biased": hsic_biased}
 
@@ -176,3 +182,83 @@ def learned_mixin_step(f: nn.Module, g: nn.Module, gate: nn.Module, opt_f: torch
                 "entropy": ent.detach(), "gate": s.detach().mean()}
 
     return step
+
+
+# ------------------------------------------------------------------------------------------ one call per method
+METHODS = ("vanilla", "rebias", "rubi", "learned_mixin")
+
+
+@dataclass
+class MethodSetup:
+    """Everything one method trains: its step, the networks, the optimisers that a schedule steps, and the
+    networks evaluated after each epoch (``"f"`` reports ``biased_acc``/``unbiased_acc``, ``"g"`` ``g_…``)."""
+
+    method: str
+    step: StepFn
+    modules: dict[str, nn.Module]
+    optimisers: list[torch.optim.Optimizer]
+    evaluated: dict[str, nn.Module]
+    pretrain_g: torch.optim.Optimizer | None = None  # LearnedMixin+H: g is pre-trained, then frozen
+
+
+def build(method: str, *, width: float, device, lr: float, weight_decay: float, lambda_f: float = 1.0,
+          lambda_g: float = 1.0, sigma: float = 1.0, train_extra_layers: bool = True,
+          entropy_weight: float = 0.36) -> MethodSetup:
+    """Build f = SimpleConvNet(7), g = SimpleConvNet(1), Adam optimisers and the step of ``method``.
+
+    Call after seeding: the networks are initialised in a fixed order (f, g, then the extra layer).
+    ``train_extra_layers=False`` leaves RUBi's head / LearnedMixin's gate untrained, as the reference does.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    f = SimpleConvNet(7, width=width).to(device)
+    g = SimpleConvNet(1, width=width).to(device)
+
+    def adam(net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+    opt_f, opt_g = adam(f), adam(g)
+    modules, evaluated = {"f": f, "g": g}, {"f": f, "g": g}
+    if method == "vanilla":
+        return MethodSetup(method, independent_step(f, g, opt_f, opt_g, sigma=sigma), modules, [opt_f, opt_g],
+                           evaluated)
+    if method == "rebias":
+        step = rebias_step(f, g, opt_f, opt_g, lambda_f=lambda_f, lambda_g=lambda_g, sigma=sigma)
+        return MethodSetup(method, step, modules, [opt_f, opt_g], evaluated)
+    if method == "rubi":
+        modules["head"] = head = nn.Linear(g.feature_dim, 10).to(device)
+        opt_extra = adam(head) if train_extra_layers else None
+        step = rubi_step(f, g, head, opt_f, opt_g, opt_extra)
+        return MethodSetup(method, step, modules, [o for o in (opt_f, opt_g, opt_extra) if o is not None],
+                           evaluated)
+    modules["gate"] = gate = nn.Linear(f.feature_dim, 1).to(device)
+    opt_extra = adam(gate) if train_extra_layers else None
+    step = learned_mixin_step(f, g, gate, opt_f, opt_extra, entropy_weight=entropy_weight)
+    # g is frozen during the main phase: it gets its own optimiser for pre-training only
+    return MethodSetup(method, step, modules, [o for o in (opt_f, opt_extra) if o is not None], {"f": f},
+                       pretrain_g=opt_g)
+
+
+def evaluator(sets: Mapping[str, TensorData], nets: Mapping[str, nn.Module]) -> Callable[[], dict[str, float]]:
+    """Per-epoch accuracies of each network on the ``biased`` and ``unbiased`` test sets."""
+    def evaluate() -> dict[str, float]:
+        return {(f"{split}_acc" if who == "f" else f"{who}_{split}_acc"): accuracy_on(net, sets[split])
+                for who, net in nets.items() for split in ("biased", "unbiased")}
+    return evaluate
+
+
+def train(setup: MethodSetup, sets: Mapping[str, TensorData], *, epochs: int, batch_size: int, lr_step: int,
+          seed: int, g_pretrain_epochs: int = 0, desc: str = "") -> History:
+    """Train ``setup`` on ``sets["train"]`` with StepLR(lr_step, 0.1), evaluating on the test sets each epoch.
+
+    LearnedMixin+H first pre-trains g with plain cross-entropy for ``g_pretrain_epochs`` (batch order from
+    ``seed + 10_000``)."""
+    g = setup.modules["g"]
+    if setup.pretrain_g is not None and g_pretrain_epochs > 0:
+        fit(sets["train"], supervised_step(g, setup.pretrain_g), epochs=g_pretrain_epochs, batch_size=batch_size,
+            modules=g, seed=seed + 10_000, desc=f"pre-train g {desc}")
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, lr_step, 0.1) for o in setup.optimisers]
+    # min_batch=4: the unbiased HSIC estimator needs at least 4 samples
+    return fit(sets["train"], setup.step, epochs=epochs, batch_size=batch_size, modules=list(setup.modules.values()),
+               seed=seed, schedulers=schedulers, min_batch=4, evaluate=evaluator(sets, setup.evaluated),
+               desc=desc or setup.method)

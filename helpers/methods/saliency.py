@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers.models import eval_mode
+
 CAM_METHODS = ("xgradcam", "gradcam", "gradcam++")
 
 
@@ -42,12 +44,11 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target_layer: nn.Module, *,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if labels is not None and len(labels) != len(x):
         raise ValueError(f"labels has {len(labels)} entries but x has {len(x)} images")
-    was_training = model.training
     params = list(model.parameters())
     grads = [p.grad for p in params]
     maps = []
     try:
-        with cam_cls(model=model, target_layers=[target_layer]) as cam:
+        with eval_mode(model), cam_cls(model=model, target_layers=[target_layer]) as cam:
             for start in range(0, len(x), batch_size):
                 xb = x[start:start + batch_size]
                 targets = None if labels is None else [ClassifierOutputTarget(int(c))
@@ -55,7 +56,6 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target_layer: nn.Module, *,
                 out = cam(input_tensor=xb, targets=targets)
                 maps.append(torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)))
     finally:
-        model.train(was_training)
         for p, g in zip(params, grads):
             p.grad = g
     if not maps:
