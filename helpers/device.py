@@ -41,6 +41,15 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def full_precision(device: torch.device):
+    """Autocast switched off, for statistics and losses that bf16 would distort (kernel matrices, HSIC,
+    evaluation); tensors created inside are float32 when their inputs are."""
+    device = torch.device(device)
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # no autocast is ever active there
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last helps cuDNN convolutions under bf16; on CPU it only costs layout conversions."""
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.device import autocast, memory_format
+from helpers.device import autocast, full_precision, memory_format
 from helpers.tensordata import TensorData
 
 
@@ -211,8 +211,12 @@ def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: TensorData | torch.Tensor,
-            batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored)."""
+            batch_size: int = 1024, mixed_precision: bool = False) -> torch.Tensor:
+    """Float32 logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored).
+
+    Accuracies, dev losses, early stopping and model selection all read these logits, so they are computed
+    with autocast off (also inside a step); ``mixed_precision=True`` uses the training autocast instead.
+    """
     x = data.x if isinstance(data, TensorData) else data
     was_training = getattr(model, "training", False)
     if isinstance(model, nn.Module):
@@ -220,7 +224,7 @@ def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: Ten
     try:
         outs = []
         for start in range(0, len(x), batch_size):
-            with autocast(x.device):
+            with autocast(x.device) if mixed_precision else full_precision(x.device):
                 outs.append(model(x[start : start + batch_size]).float())
         return torch.cat(outs) if outs else torch.empty(0)
     finally:

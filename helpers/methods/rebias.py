@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.device import full_precision
 from helpers.methods.hsic import hsic_biased, hsic_unbiased
 from helpers.train import Batch, StepFn
 
@@ -44,7 +45,10 @@ def _descend(loss: torch.Tensor, *optimizers: torch.optim.Optimizer | None) -> N
     active = [opt for opt in optimizers if opt is not None]
     for opt in active:
         opt.zero_grad(set_to_none=True)
-    loss.backward()
+    # fit calls the step inside autocast; backward outside it runs each op in its forward's dtype, so HSIC's
+    # gradient stays float32 (inside it, the backward matmuls of the kernel would be recast to bf16)
+    with full_precision(loss.device):
+        loss.backward()
     for opt in active:
         opt.step()
 

@@ -1,0 +1,151 @@
+"""Mixed precision without a GPU: CPU bf16 autocast stands in for the bf16 autocast that ``fit`` uses on CUDA.
+
+Statistics and evaluation must come out in float32 even while the training forward runs in bf16.
+"""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import helpers.train as T
+from helpers.methods.hsic import hsic_biased, hsic_unbiased, median_sigma, rbf_kernel
+from helpers.methods.rebias import independent_step, rebias_step
+from helpers.models import LeNet, SimpleConvNet
+from helpers.tensordata import TensorData
+from helpers.train import Batch
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+@pytest.fixture
+def fit_autocast(monkeypatch):
+    """Make ``fit`` and ``predict`` autocast on CPU exactly as they do on CUDA."""
+    monkeypatch.setattr(T, "autocast", lambda device, enabled=True: torch.autocast(**BF16))
+
+
+def _rel(a, b) -> float:
+    a, b = float(a), float(b)
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def _features(width=1.0, m=128):
+    torch.manual_seed(0)
+    f, g = SimpleConvNet(7, width=width), SimpleConvNet(1, width=width)
+    x = torch.rand(m, 3, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        return f.features(x), g.features(x)
+
+
+@pytest.mark.parametrize("width", [1.0, 0.25])
+def test_hsic_is_float32_inside_bf16_autocast(width):
+    ff, gf = _features(width)
+    ref = {"k": rbf_kernel(ff, 1.0), "u": hsic_unbiased(ff, gf), "b": hsic_biased(ff, gf), "s": median_sigma(ff)}
+    with torch.autocast(**BF16):
+        got = {"k": rbf_kernel(ff, 1.0), "u": hsic_unbiased(ff, gf), "b": hsic_biased(ff, gf), "s": median_sigma(ff)}
+    assert got["k"].dtype == torch.float32
+    assert (got["k"] - ref["k"]).abs().max() < 1e-6  # bf16 x @ x.T: errors of ~0.02-0.07 per entry
+    for key in "ubs":
+        assert _rel(got[key], ref[key]) < 1e-5, key  # bf16: 4-11 %
+
+
+class ElementwiseNet(nn.Module):
+    """A network without matmuls or convolutions, so autocast leaves its forward and backward in float32:
+    whatever differs under bf16 autocast must come from the step function itself."""
+
+    def __init__(self, seed: int, dim: int = 12):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(dim, generator=g))
+        self.b = nn.Parameter(torch.randn(dim, generator=g))
+        self.dim = dim
+
+    def features(self, x):
+        return torch.tanh(x.flatten(1)[:, : self.dim] * self.w + self.b)
+
+    def forward_with_features(self, x):
+        feats = self.features(x)
+        return 3 * feats[:, :10], feats
+
+    def forward(self, x):
+        return self.forward_with_features(x)[0]
+
+
+def _batch(m=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(x=torch.rand(m, 3, 28, 28, generator=g) * 2 - 1, y=torch.randint(0, 10, (m,), generator=g),
+                 bias=None, extras={}, idx=torch.arange(m))
+
+
+def _run_step(make_step, nets, bf16: bool):
+    f, g = nets()
+    step = make_step(f, g, torch.optim.SGD(f.parameters(), 0.1), torch.optim.SGD(g.parameters(), 0.1))
+    with torch.autocast(**BF16) if bf16 else contextlib.nullcontext():
+        logged = step(_batch())
+    return {k: float(v) for k, v in logged.items()}, [p.detach().clone() for p in (*f.parameters(), *g.parameters())]
+
+
+@pytest.mark.parametrize("make_step", [rebias_step, independent_step])
+def test_rebias_steps_are_exact_under_autocast_when_the_networks_are(make_step):
+    nets = lambda: (ElementwiseNet(0), ElementwiseNet(1))  # noqa: E731
+    ref, ref_params = _run_step(make_step, nets, bf16=False)
+    got, got_params = _run_step(make_step, nets, bf16=True)
+    for k in ref:
+        assert _rel(got[k], ref[k]) < 1e-6, k
+    assert all(torch.equal(a, b) for a, b in zip(got_params, ref_params))  # HSIC's backward too
+
+
+@pytest.mark.parametrize("make_step", [rebias_step, independent_step])
+def test_rebias_steps_with_bf16_convnets_stay_close_to_float32(make_step):
+    def nets():
+        torch.manual_seed(0)
+        return SimpleConvNet(7), SimpleConvNet(1)
+
+    ref, _ = _run_step(make_step, nets, bf16=False)
+    got, _ = _run_step(make_step, nets, bf16=True)
+    assert _rel(got["loss"], ref["loss"]) < 1e-3 and _rel(got["g_loss"], ref["g_loss"]) < 1e-3
+    assert abs(got["acc"] - ref["acc"]) <= 1 / 64 and abs(got["g_acc"] - ref["g_acc"]) <= 1 / 64
+    assert _rel(got["hsic"], ref["hsic"]) < 3e-2  # bf16 features only (~0.5 %); a bf16 kernel gave 20-40 %
+
+
+def _images(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorData(torch.rand(n, 3, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g))
+
+
+def test_predict_is_float32_under_fit_autocast(fit_autocast):
+    torch.manual_seed(0)
+    model, data = LeNet(), _images()
+    with T.autocast(data.device):  # the emulation is active: a bf16 forward really differs
+        assert not torch.equal(model.eval()(data.x).float(), T.predict(model, data))
+    ref = T.predict(model, data)
+    with torch.autocast(**BF16):  # also inside a step (an outer autocast)
+        inside = T.predict(model, data)
+    mixed = T.predict(model, data, mixed_precision=True)
+    assert ref.dtype == inside.dtype == torch.float32
+    assert torch.equal(inside, ref)
+    with torch.no_grad():
+        assert torch.allclose(ref, model(data.x), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(mixed, ref)  # the caller can still ask for bf16
+    assert T.accuracy_on(model, data) == float((ref.argmax(1) == data.y).float().mean())
+
+
+def test_fit_logs_close_to_float32_and_evaluates_in_float32(fit_autocast, monkeypatch):
+    def train():
+        torch.manual_seed(0)
+        model, data = LeNet(), _images()
+        opt = torch.optim.SGD(model.parameters(), 0.05)
+        h = T.fit(data, T.supervised_step(model, opt), epochs=1, batch_size=100, modules=model, seed=0,
+                  progress=False, evaluate=lambda: {"dev_loss": float(F.cross_entropy(T.predict(model, data), data.y)),
+                                                    "dev_acc": T.accuracy_on(model, data)})
+        with torch.no_grad():  # a float32 reference evaluation of the same trained weights
+            logits = model.eval()(data.x)
+        return h.rows[-1], float(F.cross_entropy(logits, data.y)), float((logits.argmax(1) == data.y).float().mean())
+
+    row, loss32, acc32 = train()
+    assert _rel(row["dev_loss"], loss32) < 1e-6 and row["dev_acc"] == acc32
+    bf16_row = row
+    monkeypatch.undo()
+    row32, _, _ = train()
+    assert _rel(bf16_row["loss"], row32["loss"]) < 1e-2  # the training forward itself is bf16
