@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def deterministic_cublas() -> None:
+    """Ask cuBLAS for its deterministic workspace. It must happen before the first CUDA matmul (cuBLAS reads it
+    once), so it runs when this module is imported (every training path imports it) and in ``start_chapter``;
+    an explicit setting of the user's is kept."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+deterministic_cublas()
 
 
 def pick_device(prefer: str | None = None) -> torch.device:

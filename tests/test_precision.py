@@ -3,6 +3,7 @@
 Statistics and evaluation must come out in float32 even while the training forward runs in bf16.
 """
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,31 @@ def test_fit_logs_close_to_float32_and_evaluates_in_float32(fit_autocast, monkey
     monkeypatch.undo()
     row32, _, _ = train()
     assert _rel(bf16_row["loss"], row32["loss"]) < 1e-2  # the training forward itself is bf16
+
+
+# ------------------------------------------------------------------------------------ reproducibility on CUDA
+def test_cublas_workspace_is_set_at_import_of_helpers_device():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    out = subprocess.run([sys.executable, "-c", "import os, helpers.train; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"],
+                         env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == ":4096:8"
+
+
+def test_start_chapter_sets_cublas_workspace_before_anything_else(monkeypatch):
+    import os
+
+    import helpers.book.chapter as C
+
+    def fail(*args, **kwargs):
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
+        raise RuntimeError("stop here")
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(C, "parameters_from_namespace", fail)
+    with pytest.raises(RuntimeError, match="stop here"):
+        C.start_chapter("06_caml", {})

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from helpers.cache import atomic_write_text
-from helpers.device import describe, pick_device
+from helpers.device import describe, deterministic_cublas, pick_device
 from helpers.book.params import parameters_from_namespace
 from helpers.cache import REPO_ROOT, cache_root
 from helpers.plots import use_book_style
@@ -108,6 +108,7 @@ class ChapterRun:
 
 def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
     """Validate the chapter's parameters from the notebook's globals, pick the device, set the plot style."""
+    deterministic_cublas()  # before the chapter's first CUDA work (chapter 06 trains before seed_everything)
     params = parameters_from_namespace(chapter, namespace)
     device = pick_device(params.get("device"))
     use_book_style()
