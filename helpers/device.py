@@ -1,4 +1,4 @@
-"""Device choice and the per-device training settings (bf16 autocast, channels_last on CUDA only)."""
+"""Device choice and the per-device training settings (bf16 autocast where supported, channels_last on CUDA)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,28 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The one precision decision: the autocast dtype ``fit`` trains in on ``device``, None for float32.
+
+    bf16 on CUDA GPUs with native bf16 (Ampere and later); float32 on older GPUs, because float16 would need a
+    gradient scaler around every step function's own ``backward``/``optimizer.step`` (the bf16 emulation of
+    those GPUs is slower than float32); float32 on CPU and MPS, so CPU runs stay bit-reproducible.
+    """
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no emulation argument and reports native support only
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else None
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU runs stay plain float32 and bit-reproducible)."""
+    """Autocast in :func:`autocast_dtype`'s precision; a no-op where that is float32."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    dtype = autocast_dtype(device)
+    if dtype is not None:
+        return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 

@@ -159,7 +159,8 @@ def test_cublas_workspace_is_set_at_import_of_helpers_device():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
-    out = subprocess.run([sys.executable, "-c", "import os, helpers.train; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"],
+    code = "import os, helpers.train; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    out = subprocess.run([sys.executable, "-c", code],
                          env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ":4096:8"
@@ -178,3 +179,36 @@ def test_start_chapter_sets_cublas_workspace_before_anything_else(monkeypatch):
     monkeypatch.setattr(C, "parameters_from_namespace", fail)
     with pytest.raises(RuntimeError, match="stop here"):
         C.start_chapter("06_caml", {})
+
+
+# ---------------------------------------------------------------------------------------- precision decision
+@pytest.mark.parametrize("native, emulated, expected", [(True, True, torch.bfloat16), (False, True, None),
+                                                         (False, False, None)])
+def test_autocast_dtype_bf16_only_where_the_gpu_has_it(monkeypatch, native, emulated, expected):
+    from helpers import device as D
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: native or (including_emulation and emulated))
+    assert D.autocast_dtype("cuda") is expected
+    assert D.autocast_dtype("cpu") is None and D.autocast_dtype("mps") is None
+    assert isinstance(D.autocast("cpu"), contextlib.nullcontext)
+    if expected is None:  # float32 on that GPU: no autocast at all
+        assert isinstance(D.autocast("cuda"), contextlib.nullcontext)
+
+
+def test_autocast_dtype_on_torch_without_the_emulation_argument(monkeypatch):
+    from helpers import device as D
+
+    for native in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: native)
+        assert D.autocast_dtype(torch.device("cuda", 0)) is (torch.bfloat16 if native else None)
+
+
+@pytest.mark.cuda
+def test_cuda_fit_autocasts_in_the_decided_dtype():
+    from helpers import device as D
+
+    dev = torch.device("cuda")
+    with D.autocast(dev):
+        out = torch.ones(8, 8, device=dev) @ torch.ones(8, 8, device=dev)
+    assert out.dtype == (D.autocast_dtype(dev) or torch.float32)
