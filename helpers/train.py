@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.device import autocast, full_precision, memory_format
+from helpers.device import autocast, full_precision, memory_format, prepare_model
 from helpers.tensordata import TensorData
 
 
@@ -142,6 +142,9 @@ def fit(
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     schedulers, callbacks = list(schedulers), list(callbacks)
     device = train.device
+    if device.type == "cuda":  # conv weights in the channels_last layout of the images (see to_device)
+        for m in modules:
+            prepare_model(m, device)
     gen = torch.Generator().manual_seed(int(seed))
     history = History()
     n = len(train)

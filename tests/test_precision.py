@@ -212,3 +212,98 @@ def test_cuda_fit_autocasts_in_the_decided_dtype():
     with D.autocast(dev):
         out = torch.ones(8, 8, device=dev) @ torch.ones(8, 8, device=dev)
     assert out.dtype == (D.autocast_dtype(dev) or torch.float32)
+
+
+# ----------------------------------------------------------------------- CUDA only (benchmarks/gpu_check.sh)
+def _cuda_syncs(fn) -> int:
+    """How many synchronising CUDA calls ``fn()`` makes (torch's sync debug mode, as warnings)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.cuda
+def test_cuda_hsic_and_predict_are_float32_inside_fit_autocast():
+    from helpers import device as D
+
+    dev = torch.device("cuda")
+    ff, gf = (t.to(dev) for t in _features(1.0))
+    ref = float(hsic_unbiased(ff, gf))
+    with D.autocast(dev):
+        assert _rel(hsic_unbiased(ff, gf), ref) < 1e-4  # TF32-free float32 matmuls may still differ slightly
+    torch.manual_seed(0)
+    model, data = LeNet().to(dev), T.to_device(_images(), dev)
+    with torch.no_grad(), D.full_precision(dev):
+        ref_logits = model.eval()(data.x)
+    with D.autocast(dev):
+        assert T.predict(model, data).dtype == torch.float32
+        assert torch.allclose(T.predict(model, data), ref_logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_fit_trains_models_in_channels_last():
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = SimpleConvNet(7, width=0.25).to(dev)
+    data = T.to_device(_images(64), dev)
+    T.fit(data, T.supervised_step(model, torch.optim.SGD(model.parameters(), 0.01)), epochs=1, batch_size=32,
+          modules=model, seed=0, progress=False)
+    assert data.x.is_contiguous(memory_format=torch.channels_last)
+    assert model.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["rebias", "paired_basic", "paired_mixture", "lff", "groupdro", "caml"])
+def test_cuda_steps_do_not_sync_with_the_host(method):
+    """A step that reads a device value back (``.item()``, ``bool(t)``, ``nonzero``, a CPU->GPU copy) waits
+    for the GPU. The syncs of one epoch must not grow with its number of steps (fit syncs once per epoch)."""
+    from helpers.data import background_mnist as B
+    from helpers.methods import caml as C
+    from helpers.methods import group_methods as G
+    from helpers.methods.pairing import paired_step
+    from helpers.models import Adapter, MarginHead
+
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+
+    def run(n):  # one epoch of n samples in batches of 32, after a warm-up call
+        if method == "rebias" or method.startswith("paired"):
+            y = torch.randint(0, 10, (n,), generator=g)
+            mask = torch.rand(n, 1, 28, 28, generator=g) > 0.8
+            x = torch.rand(n, 3, 28, 28, generator=g) * 2 - 1
+            data = T.to_device(TensorData(x, y, extras={"mask": mask}), dev)
+            if method == "rebias":
+                f, h = SimpleConvNet(7, width=0.25).to(dev), SimpleConvNet(1, width=0.25).to(dev)
+                step = rebias_step(f, h, torch.optim.Adam(f.parameters()), torch.optim.Adam(h.parameters()))
+                modules = [f, h]
+            else:
+                f = LeNet().to(dev)
+                step = paired_step(f, torch.optim.Adam(f.parameters()), augment_mode=method.split("_")[1])
+                modules = [f]
+            train = lambda: T.fit(data, step, epochs=1, batch_size=32, modules=modules, seed=0,  # noqa: E731
+                                  progress=False)
+        else:
+            feats, y, b = torch.randn(n, 16, generator=g), torch.randint(0, 2, (n,), generator=g), \
+                torch.randint(0, 2, (n,), generator=g)
+            data = T.to_device(TensorData(feats, y, b), dev)
+            kw = dict(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0, seed=0)
+            if method == "lff":
+                train = lambda: G.train_lff(Adapter(16).to(dev), data, data[:8], **kw)  # noqa: E731
+            elif method == "groupdro":
+                train = lambda: G.train_groupdro(Adapter(16).to(dev), data, data[:8], **kw)  # noqa: E731
+            else:
+                clusters, table = torch.randint(0, 3, (n,), generator=g), torch.rand(3, 2, generator=g)
+                train = lambda: C.train_caml(MarginHead(16).to(dev), data, data[:8], clusters, table,  # noqa: E731
+                                             sigma=0.1, scale=8.0, **kw)
+        train()  # warm-up: lazy initialisation, cached device copies
+        return _cuda_syncs(train)
+
+    assert run(32 * 8) == run(32 * 2)

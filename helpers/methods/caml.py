@@ -53,7 +53,8 @@ def sample_margins(table: torch.Tensor, clusters: torch.Tensor, sigma: float, ge
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     mean = table[clusters]
-    noise = torch.randn(mean.shape, generator=gen, device="cpu").to(mean.device) if sigma > 0 else 0.0
+    dev = gen.device if gen is not None else mean.device
+    noise = torch.randn(mean.shape, generator=gen, device=dev).to(mean.device) if sigma > 0 else 0.0
     return 1.0 - (mean + sigma * noise)
 
 
@@ -132,7 +133,7 @@ def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: 
     if clip <= 0:
         raise ValueError(f"clip must be > 0, got {clip}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed) + 1)
+    gen = torch.Generator(device=train.device).manual_seed(int(seed) + 1)  # on the device: no per-step copy
     clusters, table = clusters.to(train.device), table.to(train.device)
 
     def step(batch: Batch) -> dict:
