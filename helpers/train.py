@@ -125,7 +125,8 @@ def fit(
 
     Each epoch draws an index order from ``sampler`` with a generator seeded from ``seed`` (so batch order is
     reproducible and independent of other random draws), cuts it into batches of ``batch_size`` and calls
-    ``step`` on each inside bf16 autocast on CUDA. A final batch smaller than ``min_batch`` is dropped (some
+    ``step`` on each inside :func:`helpers.device.autocast` (bf16 on CUDA GPUs that support it; models in
+    channels_last on CUDA). A final batch smaller than ``min_batch`` is dropped (some
     estimators, e.g. unbiased HSIC, are undefined on tiny batches); ``drop_last`` drops any incomplete one.
     Scalars returned by ``step`` are averaged over the epoch (weighted by batch size); ``evaluate()`` runs
     after each epoch with the modules in eval mode; ``schedulers`` step once per epoch; a callback returning

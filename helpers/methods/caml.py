@@ -133,7 +133,8 @@ def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: 
     if clip <= 0:
         raise ValueError(f"clip must be > 0, got {clip}")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator(device=train.device).manual_seed(int(seed) + 1)  # on the device: no per-step copy
+    # on a CUDA device the noise is drawn there (no CPU->GPU copy per step); elsewhere from the CPU stream
+    gen = torch.Generator(device=train.device if train.device.type == "cuda" else "cpu").manual_seed(int(seed) + 1)
     clusters, table = clusters.to(train.device), table.to(train.device)
 
     def step(batch: Batch) -> dict:
