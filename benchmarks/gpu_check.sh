@@ -45,19 +45,20 @@ if (( ! DRY )); then
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "no CUDA GPU visible: run with --dry-run on CPU machines" >&2; exit 2; }
 fi
-"$PY" - <<'EOF' || exit 2
+GPU_CHECK_DRY=$DRY "$PY" - <<'EOF' || exit 2
 from helpers.data.mnist import RAW_FILES, raw_dir
-import os, sys
+import importlib.util, os, sys
 missing = [n for n in RAW_FILES if not (raw_dir() / n).is_file()]
 print(f"MNIST: {raw_dir()} " + ("complete" if not missing else f"MISSING {missing}"))
-if missing and os.environ.get("CUDA_VISIBLE_DEVICES") != "":  # the real run needs it; a dry run only reports
+if missing and os.environ["GPU_CHECK_DRY"] != "1":  # the real run needs it; a dry run only reports
     sys.exit("MNIST is absent and this machine has no network: carry data/MNIST/raw (or set SHORTCUT_BOOK_DATA)")
 # the GPU machine lacks grad-cam and ART: nothing the check imports may pull them in
-import importlib.util
-for path in ("benchmarks/cuda_tests.py", "benchmarks/throughput.py", "benchmarks/rebias_cell.py",
-             "tests/test_precision.py"):
-    spec = importlib.util.spec_from_file_location(path.replace("/", "_")[:-3], path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+modules = {}
+for path in ("benchmarks/cuda_tests.py", "benchmarks/throughput.py", "benchmarks/rebias_cell.py"):
+    spec = importlib.util.spec_from_file_location(path.split("/")[-1][:-3], path)
+    modules[path] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(modules[path])
+modules["benchmarks/cuda_tests.py"].collect()  # imports tests/test_precision.py (with a pytest stand-in if needed)
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pytorch_grad_cam", "art", "papermill", "IPython"})
 if heavy:
     sys.exit(f"the check imports {heavy}, which the GPU machine does not have")
@@ -73,11 +74,11 @@ stage() {  # name, limit, command...: run with a hard timeout, remember the exit
   echo "$rc $((SECONDS - t0))" > "$WORK/$name.rc"
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
 }
-stage cuda_tests "$T_TESTS" "$PY" benchmarks/cuda_tests.py --json "$WORK/cuda_tests.json" "${ARGS[@]}"
+stage cuda_tests "$T_TESTS" "$PY" benchmarks/cuda_tests.py --json "$WORK/cuda_tests.json" ${ARGS[@]+"${ARGS[@]}"}
 stage throughput "$T_THROUGHPUT" "$PY" benchmarks/throughput.py --epochs 1 --workers 4 \
-  --json "$WORK/throughput.json" "${ARGS[@]}"
+  --json "$WORK/throughput.json" ${ARGS[@]+"${ARGS[@]}"}
 stage rebias_cell "$T_CELL" "$PY" benchmarks/rebias_cell.py --rho 0.997 --epochs 80 --train-size -1 \
-  --budget-s "$CELL_TRAIN_S" --json "$WORK/rebias_cell.json" "${ARGS[@]}"
+  --budget-s "$CELL_TRAIN_S" --json "$WORK/rebias_cell.json" ${ARGS[@]+"${ARGS[@]}"}
 
 "$PY" - "$WORK" "$RECORD" "$DRY" <<'EOF'
 import json, subprocess, sys
