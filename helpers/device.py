@@ -1,10 +1,23 @@
-"""Device choice and the per-device training settings (bf16 autocast, channels_last on CUDA only)."""
+"""Device choice and the per-device training settings (bf16 autocast where supported, channels_last on CUDA)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def deterministic_cublas() -> None:
+    """Ask cuBLAS for its deterministic workspace. It must happen before the first CUDA matmul (cuBLAS reads it
+    once), so it runs when this module is imported (every training path imports it) and in ``start_chapter``;
+    an explicit setting of the user's is kept."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+deterministic_cublas()
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -33,12 +46,38 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The one precision decision: the autocast dtype ``fit`` trains in on ``device``, None for float32.
+
+    bf16 on CUDA GPUs with native bf16 (Ampere and later); float32 on older GPUs, because float16 would need a
+    gradient scaler around every step function's own ``backward``/``optimizer.step`` (the bf16 emulation of
+    those GPUs is slower than float32); float32 on CPU and MPS, so CPU runs stay bit-reproducible.
+    """
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no emulation argument and reports native support only
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else None
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU runs stay plain float32 and bit-reproducible)."""
+    """Autocast in :func:`autocast_dtype`'s precision; a no-op where that is float32."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    dtype = autocast_dtype(device)
+    if dtype is not None:
+        return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
+
+
+def full_precision(device: torch.device):
+    """Autocast switched off, for statistics and losses that bf16 would distort (kernel matrices, HSIC,
+    evaluation); tensors created inside are float32 when their inputs are."""
+    device = torch.device(device)
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # no autocast is ever active there
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.device import autocast, memory_format
+from helpers.device import autocast, full_precision, memory_format, prepare_model
 from helpers.metrics import accuracy
 from helpers.models import eval_mode
 from helpers.tensordata import TensorData
@@ -160,7 +160,8 @@ def fit(
 
     Each epoch draws an index order from ``sampler`` with a generator seeded from ``seed`` (so batch order is
     reproducible and independent of other random draws), cuts it into batches of ``batch_size`` and calls
-    ``step`` on each inside bf16 autocast on CUDA. A final batch smaller than ``min_batch`` is dropped (some
+    ``step`` on each inside :func:`helpers.device.autocast` (bf16 on CUDA GPUs that support it; models in
+    channels_last on CUDA). A final batch smaller than ``min_batch`` is dropped (some
     estimators, e.g. unbiased HSIC, are undefined on tiny batches); ``drop_last`` drops any incomplete one.
     Scalars returned by ``step`` are averaged over the epoch (weighted by batch size); ``evaluate()`` runs
     after each epoch with the modules in eval mode; ``schedulers`` step once per epoch; a callback returning
@@ -177,6 +178,9 @@ def fit(
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     schedulers, callbacks = list(schedulers), list(callbacks)
     device = train.device
+    if device.type == "cuda":  # conv weights in the channels_last layout of the images (see to_device)
+        for m in modules:
+            prepare_model(m, device)
     gen = torch.Generator().manual_seed(int(seed))
     history = History()
     n = len(train)
@@ -246,13 +250,17 @@ def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: TensorData | torch.Tensor,
-            batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored)."""
+            batch_size: int = 1024, mixed_precision: bool = False) -> torch.Tensor:
+    """Float32 logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored).
+
+    Accuracies, dev losses, early stopping and model selection all read these logits, so they are computed
+    with autocast off (also inside a step); ``mixed_precision=True`` uses the training autocast instead.
+    """
     x = data.x if isinstance(data, TensorData) else data
     with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
         outs = []
         for start in range(0, len(x), batch_size):
-            with autocast(x.device):
+            with autocast(x.device) if mixed_precision else full_precision(x.device):
                 outs.append(model(x[start : start + batch_size]).float())
     return torch.cat(outs) if outs else torch.empty(0)
 

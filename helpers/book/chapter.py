@@ -31,7 +31,7 @@ import torch
 from helpers.book.closure import code_hash
 from helpers.book.params import parameters_from_namespace, swept
 from helpers.cache import REPO_ROOT, atomic_write_text, cache_root
-from helpers.device import describe, pick_device
+from helpers.device import describe, deterministic_cublas, pick_device
 from helpers.plots import use_book_style
 
 RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"
@@ -119,6 +119,7 @@ class ChapterRun:
 
 def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
     """Validate the chapter's parameters from the notebook's globals, pick the device, set the plot style."""
+    deterministic_cublas()  # before the chapter's first CUDA work (chapter 06 trains before seed_everything)
     params = parameters_from_namespace(chapter, namespace)
     device = pick_device(params.get("device"))
     use_book_style()

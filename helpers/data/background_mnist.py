@@ -78,6 +78,17 @@ def stroke_mask(raw: torch.Tensor) -> torch.Tensor:
     return (raw != 0).unsqueeze(1)
 
 
+_POOL_ON: dict[str, torch.Tensor] = {}
+
+
+def _pool_on(device: torch.device) -> torch.Tensor:
+    """:data:`POOL` on ``device``, copied there once (a copy per batch would wait for the GPU every step)."""
+    key = str(device)
+    if key not in _POOL_ON:
+        _POOL_ON[key] = POOL.to(device)
+    return _POOL_ON[key]
+
+
 def _fill(colours: torch.Tensor, size: int = 28) -> torch.Tensor:
     """(N, 3) colours → (N, 3, size, size) uniform backgrounds."""
     return colours[:, :, None, None].expand(-1, -1, size, size)
@@ -96,7 +107,7 @@ def backgrounds(mode: str, n: int, gen: torch.Generator, *, size: int = 28,
         out = _fill(torch.tensor(SINGLE_COLOURS[mode], **u8).expand(n, 3), size)
     elif mode == "pure":
         idx = torch.randint(0, len(POOL), (n,), generator=gen, device=gdev)
-        out = _fill(POOL.to(gdev)[idx], size)
+        out = _fill(_pool_on(gdev)[idx], size)
     elif mode == "random_pure":
         out = _fill(torch.randint(0, RANDOM_COLOUR_MAX, (n, 3), generator=gen, **u8), size)
     elif mode == "strips":
@@ -109,15 +120,19 @@ def backgrounds(mode: str, n: int, gen: torch.Generator, *, size: int = 28,
         pick = torch.randint(0, len(MIXTURE_METHODS), (n,), generator=gen, device=gdev)
         out = torch.empty((n, 3, size, size), **u8)
         for k, method in enumerate(MIXTURE_METHODS):
-            sel = (pick == k).nonzero().flatten()
-            out[sel] = backgrounds(method, len(sel), gen, size=size, device=gdev)
+            if gdev.type == "cpu":  # draw only the images that picked ``method`` (the seeded CPU stream)
+                sel = (pick == k).nonzero().flatten()
+                out[sel] = backgrounds(method, len(sel), gen, size=size, device=gdev)
+            else:  # nonzero would wait for the GPU: draw for all, keep those that picked ``method``
+                drawn = backgrounds(method, n, gen, size=size, device=gdev)
+                out = torch.where((pick == k)[:, None, None, None], drawn, out)
     return out.contiguous().to(device)
 
 
 def pool_backgrounds(n: int, gen: torch.Generator, size: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
     """Like ``backgrounds("pure", …)`` but also returns the drawn pool indices (n,)."""
     idx = torch.randint(0, len(POOL), (n,), generator=gen, device=gen.device)
-    return _fill(POOL.to(gen.device)[idx], size).contiguous(), idx
+    return _fill(_pool_on(gen.device)[idx], size).contiguous(), idx
 
 
 def compose(mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -220,7 +235,9 @@ def recolour(mask: torch.Tensor, labels: torch.Tensor, augment_mode: str, gen: t
     biased = torch.zeros(n, dtype=torch.bool, device=mask.device)
     for d in biased_digits:
         biased |= labels == d
-    if not bool(biased.all()):
+    # On CPU the check is free and skips a draw; on a GPU it would wait for the device every step, so the pool
+    # colours are always drawn there (the copies are equally distributed, the stream differs only then).
+    if mask.device.type != "cpu" or not bool(biased.all()):
         pool_bg, _ = pool_backgrounds(n, gen, size)
         bg = torch.where(biased[:, None, None, None], bg, pool_bg.to(mask.device))
     return to_float(compose(mask, bg))

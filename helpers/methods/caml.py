@@ -54,7 +54,8 @@ def sample_margins(table: torch.Tensor, clusters: torch.Tensor, sigma: float, ge
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     mean = table[clusters]
-    noise = torch.randn(mean.shape, generator=gen, device="cpu").to(mean.device) if sigma > 0 else 0.0
+    dev = gen.device if gen is not None else mean.device
+    noise = torch.randn(mean.shape, generator=gen, device=dev).to(mean.device) if sigma > 0 else 0.0
     return 1.0 - (mean + sigma * noise)
 
 
@@ -116,7 +117,8 @@ def train_caml(model: MarginHead, train: TensorData, val: TensorData, clusters: 
     if clip <= 0:
         raise ValueError(f"clip must be > 0, got {clip}")
     opt = cfg.adam(model.parameters())
-    gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
+    # on a CUDA device the noise is drawn there (no CPU->GPU copy per step); elsewhere from the CPU stream
+    gen = torch.Generator(device=train.device if train.device.type == "cuda" else "cpu").manual_seed(int(cfg.seed) + 1)
     clusters, table = clusters.to(train.device), table.to(train.device)
 
     def step(batch: Batch) -> dict:

@@ -111,18 +111,17 @@ class _EMA:
         self.y, self.alpha = y, alpha
         self.value = torch.zeros(len(y), device=y.device)
         self.seen = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        self.class_masks = torch.stack([y == c for c in (0, 1)])  # (2, N), built once
 
     def update(self, idx: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         keep = torch.where(self.seen[idx], self.alpha, 0.0)  # 0 on a first visit: e = loss
         self.value[idx] = keep * self.value[idx] + (1 - keep) * loss.float()
         self.seen[idx] = True
         out = self.value[idx].clone()
-        for c in (0, 1):
-            m = self.y[idx] == c
-            if m.any():
-                top = self.value[self.y == c].max().clamp_min(1e-8)
-                out[m] = out[m] / top
-        return out
+        # per-class maxima over the whole set, on the device (values are >= 0, so 0 outside a class is neutral)
+        top = torch.where(self.class_masks, self.value, 0.0).amax(1).clamp_min(1e-8)
+        yb = self.y[idx]
+        return torch.where(yb == 0, out / top[0], torch.where(yb == 1, out / top[1], out))
 
 
 def train_lff(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, q: float = 0.7,
@@ -164,7 +163,8 @@ def train_groupdro(model: Adapter, train: TensorData, val: TensorData, cfg: Trai
         nonlocal q
         g = 2 * batch.y + batch.bias
         per = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-        counts = torch.bincount(g, minlength=4).float()
+        # counts by comparison, not bincount: on CUDA bincount reads its input's max back to the host every step
+        counts = (g[:, None] == torch.arange(4, device=g.device)).sum(0).float()
         group_loss = torch.zeros(4, device=per.device).index_add(0, g, per) / counts.clamp_min(1)
         q = q * torch.exp(eta * group_loss.detach())
         q = q / q.sum()

@@ -71,7 +71,9 @@ def paired_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, augment_m
         if "mask" not in batch.extras:
             raise ValueError("paired_step needs the stroke masks in extras['mask']")
         dev = batch.x.device
-        gen = gens.setdefault(str(dev), torch.Generator(device=dev).manual_seed(int(seed)))
+        gen = gens.get(str(dev))
+        if gen is None:
+            gen = gens[str(dev)] = torch.Generator(device=dev).manual_seed(int(seed))
         with torch.no_grad():
             copy = recolour(batch.extras["mask"], batch.y, augment_mode, gen, biased_digits=biased_digits)
         logits, logits_copy = model(torch.cat([batch.x, copy.to(batch.x.dtype)])).chunk(2)

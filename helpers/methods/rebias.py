@@ -21,12 +21,13 @@ extra layer gets its own optimiser ``opt_extra``; pass ``opt_extra=None`` to rep
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.device import full_precision
 from helpers.methods.hsic import hsic_biased, hsic_unbiased
 from helpers.models import SimpleConvNet
 from helpers.tensordata import TensorData
@@ -50,7 +51,10 @@ def _descend(loss: torch.Tensor, *optimizers: torch.optim.Optimizer | None) -> N
     active = [opt for opt in optimizers if opt is not None]
     for opt in active:
         opt.zero_grad(set_to_none=True)
-    loss.backward()
+    # fit calls the step inside autocast; backward outside it runs each op in its forward's dtype, so HSIC's
+    # gradient stays float32 (inside it, the backward matmuls of the kernel would be recast to bf16)
+    with full_precision(loss.device):
+        loss.backward()
     for opt in active:
         opt.step()
 
@@ -248,7 +252,8 @@ def evaluator(sets: Mapping[str, TensorData], nets: Mapping[str, nn.Module]) -> 
 
 
 def train(setup: MethodSetup, sets: Mapping[str, TensorData], *, epochs: int, batch_size: int, lr_step: int,
-          seed: int, g_pretrain_epochs: int = 0, desc: str = "") -> History:
+          seed: int, g_pretrain_epochs: int = 0, desc: str = "", callbacks: Sequence = (),
+          progress: bool = True) -> History:
     """Train ``setup`` on ``sets["train"]`` with StepLR(lr_step, 0.1), evaluating on the test sets each epoch.
 
     LearnedMixin+H first pre-trains g with plain cross-entropy for ``g_pretrain_epochs`` (batch order from
@@ -261,4 +266,4 @@ def train(setup: MethodSetup, sets: Mapping[str, TensorData], *, epochs: int, ba
     # min_batch=4: the unbiased HSIC estimator needs at least 4 samples
     return fit(sets["train"], setup.step, epochs=epochs, batch_size=batch_size, modules=list(setup.modules.values()),
                seed=seed, schedulers=schedulers, min_batch=4, evaluate=evaluator(sets, setup.evaluated),
-               desc=desc or setup.method)
+               callbacks=list(callbacks), progress=progress, desc=desc or setup.method)
