@@ -6,7 +6,8 @@
 * Checkpoints keyed by a run's configuration: load when present, otherwise train and save. A chapter re-run
   with the same parameters loads its trained networks in seconds (the UvA pattern). Files are written
   atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``; a file whose
-  checksum does not match is ignored and the run retrains.
+  checksum does not match is ignored and the run retrains; one that matches but cannot be loaded (truncated,
+  wrong tensors, a pickle ``weights_only`` refuses) is moved aside as ``<name>.pt.unloadable`` and retrained.
 """
 
 from __future__ import annotations
@@ -105,12 +106,27 @@ def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None
     if file_digest(path) != sidecar.read_text().strip():
         print(f"checkpoint {path.name}: checksum mismatch, ignoring it and retraining")
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if set(blob["state"]) != set(modules):
+    # A failed load_state_dict may have copied some tensors already: keep the initial weights to put them back,
+    # so the retraining starts exactly as a run without a checkpoint would.
+    initial = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if set(blob["state"]) != set(modules):
+            return None
+        for k, m in modules.items():
+            m.load_state_dict(blob["state"][k])
+        return dict(blob["extra"])
+    except Exception as exc:  # noqa: BLE001 - truncated zip, wrong tensors, a pickle weights_only refuses, ...
+        # The sidecar matches, so the file would fail the same way on every run: set it aside and retrain.
+        for k, m in modules.items():
+            m.load_state_dict(initial[k])
+        aside = path.with_name(f"{path.name}.unloadable")
+        os.replace(path, aside)
+        sidecar.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        print(f"checkpoint {path.name} cannot be loaded ({type(exc).__name__}: {reason}); moved it to "
+              f"{aside.name} and retraining")
         return None
-    for k, m in modules.items():
-        m.load_state_dict(blob["state"][k])
-    return blob["extra"]
 
 
 def cached_run(name: str, config: Mapping[str, Any], modules: Mapping[str, nn.Module],

@@ -1,0 +1,81 @@
+"""Checkpoints and atomic writes under hostile or unlucky conditions (issue 12)."""
+
+import hashlib
+import io
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.cache import cached_run, checkpoint_path
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.mkdir(marker)``: proof that code ran (``weights_only=True`` must refuse it)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _with_sidecar(path, data: bytes) -> None:
+    """Write ``data`` as the checkpoint with a *matching* SHA-256 sidecar: only loading can tell it is bad."""
+    path.write_bytes(data)
+    path.with_suffix(".sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+
+
+def _blob(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong tensors", "malicious pickle", "not a checkpoint"])
+def test_unloadable_checkpoint_is_named_moved_aside_and_retrained(tmp_path, monkeypatch, capsys, damage):
+    monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)
+    config = {"case": damage}
+    model = nn.Linear(3, 2)
+    cached_run("net", config, {"m": model}, lambda: {"ok": 1}, root=tmp_path)
+    path = checkpoint_path("net", config, tmp_path)
+    marker = tmp_path / "code-ran"
+    good = path.read_bytes()
+    data = {
+        "truncated": good[: len(good) // 2],
+        "wrong tensors": _blob({"config": "{}", "state": {"m": nn.Linear(5, 7).state_dict()}, "extra": {}}),
+        "malicious pickle": _blob({"config": "{}", "state": {"m": _RunsCode(str(marker))}, "extra": {}}),
+        "not a checkpoint": _blob([1, 2, 3]),
+    }[damage]
+    _with_sidecar(path, data)
+    capsys.readouterr()
+    calls = []
+    out = cached_run("net", config, {"m": nn.Linear(3, 2)}, lambda: calls.append(1) or {"ok": 2}, root=tmp_path)
+    message = capsys.readouterr().out
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    assert calls and not out["from_cache"] and out["ok"] == 2
+    assert path.name in message and "cannot be loaded" in message
+    aside = [p for p in tmp_path.rglob("*") if p.name.startswith(path.name) and p != path]
+    assert len(aside) == 1 and aside[0].read_bytes() == data, "the bad file must be kept aside, not deleted"
+    # the retrained checkpoint replaced it and loads again
+    again = cached_run("net", config, {"m": nn.Linear(3, 2)}, lambda: calls.append(1) or {}, root=tmp_path)
+    assert again["from_cache"] and again["ok"] == 2 and len(calls) == 1
+
+
+def test_partly_loaded_modules_are_restored_before_retraining(tmp_path, monkeypatch):
+    """Two modules, the second one's tensors wrong: the first must not keep the checkpoint's weights."""
+    monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)
+    torch.manual_seed(0)
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    cached_run("pair", {}, {"a": a, "b": b}, lambda: {}, root=tmp_path)
+    path = checkpoint_path("pair", {}, tmp_path)
+    blob = torch.load(path, weights_only=True)
+    blob["state"]["b"] = nn.Linear(4, 4).state_dict()
+    _with_sidecar(path, _blob(blob))
+    fresh_a = nn.Linear(3, 2)
+    initial = {n: t.clone() for n, t in fresh_a.state_dict().items()}
+    seen = {}
+    cached_run("pair", {}, {"a": fresh_a, "b": nn.Linear(3, 2)},
+               lambda: seen.update({n: t.clone() for n, t in fresh_a.state_dict().items()}) or {}, root=tmp_path)
+    assert all(torch.equal(seen[n], initial[n]) for n in initial)
