@@ -147,3 +147,14 @@ def test_imagenet_weights_are_loaded_without_pickle_code(tmp_path, monkeypatch):
     encoder = ef.build_encoder("imagenet", 0, "cpu")
     assert torch.equal(encoder.conv1.weight, reference.conv1.weight)
     assert isinstance(encoder.fc, torch.nn.Identity)
+
+
+def test_overwrite_leaves_an_unrelated_folder_alone(image_dir, tmp_path, capsys):
+    out = tmp_path / "thesis"
+    (out / "chapters").mkdir(parents=True)
+    (out / "thesis.tex").write_text("\\chapter{One}\n")
+    (out / "chapters" / "one.tex").write_text("text\n")
+    assert main([str(image_dir), str(out), "--weights", "random", "--image-size", "32", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is not a feature folder" in err and "nothing was deleted" in err
+    assert (out / "thesis.tex").is_file() and (out / "chapters" / "one.tex").is_file()

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from helpers.cache import file_digest
 from helpers.device import pick_device
-from helpers.data.feature_folder import FeatureFolderError, FeatureSplit, balance_groups, describe, write_feature_folder
+from helpers.data.feature_folder import (FeatureFolderError, FeatureSplit, balance_groups, check_replaceable, describe,
+                                         write_feature_folder)
 
 SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 REQUIRED_COLUMNS = ("img_filename", "y", "place", "split")
@@ -160,6 +161,7 @@ def run(images_dir, out_dir, weights: str = "imagenet", device="auto", image_siz
         raise ExtractionError(f"--batch-size must be >= 1, got {batch_size}")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ExtractionError(f"OUT_DIR {out_dir} exists and is not empty; pass --overwrite to replace it")
+    check_replaceable(out_dir)  # before the long extraction: --overwrite replaces only a feature folder
     meta = read_metadata(images_dir)
     y_val = torch.tensor(meta["val"]["y"])
     b_val = torch.tensor(meta["val"]["place"])

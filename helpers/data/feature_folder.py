@@ -236,8 +236,10 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
     validate_splits(splits, target)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+        check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
@@ -270,6 +272,25 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+FOLDER_FILES = frozenset({f"{s}_{k}.npy" for s in SPLITS for k in ("feats", "targets", "target", "bias")}
+                         | {CHECKSUMS, META})
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to let ``overwrite`` delete a folder that is not recognisably a feature folder: it must hold only
+    feature-folder files (no sub-folders, nothing else) and at least one ``{split}_feats.npy``."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
+                     if p.name not in FOLDER_FILES or not p.is_file() or p.is_symlink())
+    if entries and (foreign or not any(p.name.endswith("_feats.npy") for p in entries)):
+        raise FeatureFolderError(
+            f"{folder} is not a feature folder (it holds {foreign[:5] or 'no *_feats.npy'}); refusing to replace "
+            "it, nothing was deleted: choose another output folder or empty this one yourself")
 
 
 def _default_permissions(folder: Path) -> None:
@@ -330,4 +351,5 @@ def make_tiny_feature_folder(path: str | os.PathLike, seed: int = 0, dim: int = 
 
 
 __all__ = ["FeatureSplit", "FeatureFolderError", "load_feature_folder", "write_feature_folder", "validate_splits",
-           "describe", "read_meta", "balance_groups", "make_tiny_feature_folder", "SPLITS", "GROUP_NAMES"]
+           "describe", "read_meta", "balance_groups", "make_tiny_feature_folder", "check_replaceable", "SPLITS",
+           "GROUP_NAMES"]
