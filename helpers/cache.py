@@ -17,6 +17,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -52,12 +53,53 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+STALE_AFTER_S = 600  # a write of even a large checkpoint takes seconds; also covers a shared folder's other hosts
+
+
+def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``.<name>.<random>.<pid>.tmp`` that a killed writer left in ``directory``: its
+    process is gone and the file is older than STALE_AFTER_S. Returns what was deleted."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        try:
+            stale = pid.isdigit() and not _pid_alive(int(pid)) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+            if stale and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # another process cleaned it first
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over ``path``.
+
+    The file gets the usual umask-based mode (mkstemp alone would leave it 0600); the temporary file's name carries
+    the writer's PID so that one left by a killed run is recognised and deleted by the next write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_stale_temp_files(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -101,6 +143,7 @@ def save_checkpoint(path: Path, modules: Mapping[str, nn.Module], extra: Mapping
 def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
     """Load weights into ``modules`` and return the saved ``extra``; None if absent or corrupt."""
     sidecar = path.with_suffix(".sha256")
+    clean_stale_temp_files(path.parent)  # also when this run only reads: a killed save left up to 16 MB behind
     if not path.is_file() or not sidecar.is_file():
         return None
     if file_digest(path) != sidecar.read_text().strip():

@@ -79,3 +79,56 @@ def test_partly_loaded_modules_are_restored_before_retraining(tmp_path, monkeypa
     cached_run("pair", {}, {"a": fresh_a, "b": nn.Linear(3, 2)},
                lambda: seen.update({n: t.clone() for n, t in fresh_a.state_dict().items()}) or {}, root=tmp_path)
     assert all(torch.equal(seen[n], initial[n]) for n in initial)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    from helpers.cache import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "result.json", "{}\n")
+        save_dir = tmp_path / "ck"
+        cached_run("net", {}, {"m": nn.Linear(2, 2)}, lambda: {}, root=save_dir)
+    finally:
+        os.umask(old)
+    files = [tmp_path / "result.json", *(save_dir / "checkpoints").iterdir()]
+    assert len(files) == 3
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o666 & ~umask)}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_a_killed_save_are_cleaned_next_time(tmp_path, monkeypatch):
+    """SIGKILL during save_checkpoint leaves ``.<name>.<random>.<pid>.tmp``: the next write or read of the folder
+    deletes it once its process is gone and it is old; a fresh one or a live writer's is kept."""
+    import time
+
+    from helpers.cache import atomic_write_text, checkpoint_dir
+
+    monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)
+    folder = checkpoint_dir(tmp_path)
+    dead = _dead_pid()
+    stale = folder / f".net-0123.pt.abcd1234.{dead}.tmp"
+    fresh_dead = folder / f".net-4567.pt.efgh5678.{dead}.tmp"
+    live = folder / f".net-89ab.pt.ijkl9012.{os.getpid()}.tmp"
+    for f in (stale, fresh_dead, live):
+        f.write_bytes(b"x" * 1000)
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    os.utime(live, (hour_ago, hour_ago))
+    cached_run("other", {}, {"m": nn.Linear(2, 2)}, lambda: {}, root=tmp_path)  # reads, then writes the folder
+    assert not stale.exists() and fresh_dead.exists() and live.exists()
+    # a writer's own temporary files are named so that this works: .<name>.<random>.<pid>.tmp
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: seen.append(str(a)) or real_replace(a, b))
+    atomic_write_text(folder / "x.json", "{}")
+    assert seen and seen[0].endswith(f".{os.getpid()}.tmp") and os.path.basename(seen[0]).startswith(".x.json.")
