@@ -202,3 +202,25 @@ def test_overwrite_refuses_a_folder_that_is_not_a_feature_folder(tiny, tmp_path)
     with pytest.raises(FeatureFolderError, match="notes/"):
         write_feature_folder(tiny, splits, overwrite=True)
     assert (tiny / "notes").is_dir() and (tiny / "train_feats.npy").is_file()
+
+
+def test_float64_features_beyond_float32_are_refused(tiny):
+    feats = np.load(tiny / "test_feats.npy").astype(np.float64)
+    feats[3, 2] = 1e300  # finite in float64, inf in float32
+    np.save(tiny / "test_feats.npy", feats)
+    (tiny / "checksums.json").unlink()
+    with pytest.raises(FeatureFolderError, match="test_feats.npy: features exceed the float32 range"):
+        load_feature_folder(tiny)
+
+
+@pytest.mark.parametrize("entry", ["../../../secret.txt", "../outside.npy", "ABSOLUTE"])
+def test_checksums_entries_outside_the_folder_are_refused(tiny, tmp_path, entry):
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes(b"not yours")
+    if entry == "ABSOLUTE":
+        entry = str(outside)
+    table = json.loads((tiny / "checksums.json").read_text())
+    table[entry] = "0" * 64
+    (tiny / "checksums.json").write_text(json.dumps(table))
+    with pytest.raises(FeatureFolderError, match=r"checksums.json: entry .* points outside the folder"):
+        load_feature_folder(tiny)

@@ -138,6 +138,9 @@ def _verify_checksums(folder: Path) -> None:
         raise FeatureFolderError(f"{path} must map file names to SHA-256 digests")
     for name, digest in table.items():
         f = folder / name
+        # Entries name files of this folder: '../x', an absolute path or a symlink out of it reach other files.
+        if not f.resolve().is_relative_to(folder.resolve()):
+            raise FeatureFolderError(f"{path}: entry {name!r} points outside the folder {folder}; refused")
         if not f.is_file():
             raise FeatureFolderError(f"{f} is listed in {CHECKSUMS} but missing")
         if file_digest(f) != digest:
@@ -155,6 +158,11 @@ def _load_split(folder: Path, split: str) -> FeatureSplit:
         raise FeatureFolderError(f"{feats_path}: features must be floating point, got dtype {feats.dtype}")
     if not np.all(np.isfinite(feats)):
         raise FeatureFolderError(f"{feats_path}: features contain NaN or infinite values")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf in the cast: check after it
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+    if not np.all(np.isfinite(feats)):
+        raise FeatureFolderError(f"{feats_path}: features exceed the float32 range (|x| > "
+                                 f"{np.finfo(np.float32).max:.3g}) and would become infinite")
     targets = _labels(_load_array(target_path), target_path, "targets", binarise=False)
     bias = _labels(_load_array(bias_path), bias_path, "bias", binarise=True)
     n = feats.shape[0]
