@@ -119,3 +119,19 @@ def test_injected_names_come_from_papermills_cell():
                                                                "mnist": {}})["epochs"] == 4
     with pytest.raises(ParameterError, match="parameter 'colour' .*not a parameter"):
         validate("01_shortcut_learning", {"colour": 3}, partial=True)
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if "train_size" in load_spec(c)["parameters"]])
+def test_train_size_too_small_for_the_data_is_refused_by_name(chapter):
+    """``train_size 5`` used to fail deep in the data cell (one image per class is the builders' minimum)."""
+    with pytest.raises(ParameterError, match=r"parameter 'train_size' must be >= 10 \(or -1\), got 5"):
+        validate(chapter, {"train_size": 5}, partial=True)
+    assert validate(chapter, {"train_size": -1}, partial=True)["train_size"] == -1
+    assert validate(chapter, {"train_size": 10}, partial=True)["train_size"] == 10
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if "lr" in load_spec(c)["parameters"]])
+def test_zero_learning_rate_is_refused(chapter):
+    with pytest.raises(ParameterError, match=r"parameter 'lr' must be > 0.0, got 0.0"):
+        validate(chapter, {"lr": 0}, partial=True)
+    assert validate(chapter, {"lr": 1e-6}, partial=True)["lr"] == 1e-6

@@ -13,7 +13,8 @@ Each chapter ``notebooks/NN_name.ipynb`` has ``notebooks/profiles/NN_name.yaml``
 
 The runner validates a profile against the schema before executing anything, and the chapter validates its
 actual values again in its first code cell (so a papermill run with hand-written ``-p`` values is checked
-too). Every error names the parameter.
+too). Every error names the parameter. ``lr`` and ``train_size`` get the tighter limits of ``SHARED_RULES`` on top
+of every schema; ``min_exclusive: true`` makes ``min`` exclusive and ``special: [-1]`` admits markers such as -1.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from helpers.cache import REPO_ROOT
 PROFILE_DIR = REPO_ROOT / "notebooks" / "profiles"
 PROFILES = ("smoke", "quick", "full")
 TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
-RULE_KEYS = {"type", "item", "min", "max", "choices", "min_len", "max_len", "nullable", "help"}
+RULE_KEYS = {"type", "item", "min", "max", "choices", "min_len", "max_len", "nullable", "help", "min_exclusive",
+             "special"}
+# Tighter rules that every chapter's parameter of that name gets on top of its schema, for limits its code sets:
+# a learning rate of 0 trains nothing; -1 means "all images", else every data builder (biased_mnist, colored_mnist,
+# patch_mnist: ``_subset``/``_take``) needs at least one image per class (10), and says so only in the data cell.
+SHARED_RULES = {
+    "lr": {"min": 0.0, "min_exclusive": True},
+    "train_size": {"min": 10, "special": [-1]},
+}
 
 
 class ParameterError(ValueError):
@@ -46,7 +55,7 @@ def load_spec(chapter: str, profile_dir: Path | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no parameter schema for chapter '{chapter}' at {path}")
     spec = yaml.safe_load(path.read_text()) or {}
-    params = spec.get("parameters") or {}
+    params = {name: {**rule, **SHARED_RULES.get(name, {})} for name, rule in (spec.get("parameters") or {}).items()}
     for name, rule in params.items():
         unknown = set(rule) - RULE_KEYS
         if unknown or rule.get("type") not in TYPES:
@@ -63,10 +72,15 @@ def _check_scalar(chapter: str, name: str, value: Any, type_name: str, rule: Map
         value = float(value)
     if not isinstance(value, want) or (type_name in ("int", "float") and isinstance(value, bool)):
         raise ParameterError(chapter, label, f"must be of type {type_name}, got {type(value).__name__} {value!r}")
+    if value in rule.get("special", ()):  # a marker such as -1 = "all", outside the range on purpose
+        return value
     if "choices" in rule and value not in rule["choices"]:
         raise ParameterError(chapter, label, f"must be one of {rule['choices']}, got {value!r}")
+    if "min" in rule and rule.get("min_exclusive") and value <= rule["min"]:
+        raise ParameterError(chapter, label, f"must be > {rule['min']}, got {value!r}")
     if "min" in rule and value < rule["min"]:
-        raise ParameterError(chapter, label, f"must be >= {rule['min']}, got {value!r}")
+        special = f" (or {', '.join(map(repr, rule['special']))})" if rule.get("special") else ""
+        raise ParameterError(chapter, label, f"must be >= {rule['min']}{special}, got {value!r}")
     if "max" in rule and value > rule["max"]:
         raise ParameterError(chapter, label, f"must be <= {rule['max']}, got {value!r}")
     return value
