@@ -59,7 +59,7 @@ def _umask() -> int:
     return umask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except PermissionError:  # another user's process
@@ -79,7 +79,7 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     for tmp in Path(directory).glob(".*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
         try:
-            stale = pid.isdigit() and not _pid_alive(int(pid)) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+            stale = pid.isdigit() and not pid_alive(int(pid)) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S
             if stale and tmp.is_file():
                 tmp.unlink()
                 removed.append(tmp)
