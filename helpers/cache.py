@@ -74,12 +74,14 @@ STALE_AFTER_S = 600  # a write of even a large checkpoint takes seconds; also co
 
 def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files ``.<name>.<random>.<pid>.tmp`` that a killed writer left in ``directory``: its
-    process is gone and the file is older than STALE_AFTER_S. Returns what was deleted."""
+    process is gone and the file is older than STALE_AFTER_S (files named before the PID was added: older than a
+    day). Returns what was deleted."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
         try:
-            stale = pid.isdigit() and not pid_alive(int(pid)) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+            age = time.time() - tmp.stat().st_mtime
+            stale = (age > STALE_AFTER_S and not pid_alive(int(pid))) if pid.isdigit() else age > 86400
             if stale and tmp.is_file():
                 tmp.unlink()
                 removed.append(tmp)

@@ -119,13 +119,15 @@ def test_temp_files_of_a_killed_save_are_cleaned_next_time(tmp_path, monkeypatch
     stale = folder / f".net-0123.pt.abcd1234.{dead}.tmp"
     fresh_dead = folder / f".net-4567.pt.efgh5678.{dead}.tmp"
     live = folder / f".net-89ab.pt.ijkl9012.{os.getpid()}.tmp"
-    for f in (stale, fresh_dead, live):
+    old_style, old_style_recent = folder / ".net-cdef.pt.k2j4h5g6.tmp", folder / ".net-cdf0.pt.a1b2c3d4.tmp"
+    for f in (stale, fresh_dead, live, old_style, old_style_recent):
         f.write_bytes(b"x" * 1000)
-    hour_ago = time.time() - 3600
-    os.utime(stale, (hour_ago, hour_ago))
-    os.utime(live, (hour_ago, hour_ago))
+    hour_ago, two_days_ago = time.time() - 3600, time.time() - 2 * 86400
+    for f, t in ((stale, hour_ago), (live, hour_ago), (old_style, two_days_ago), (old_style_recent, hour_ago)):
+        os.utime(f, (t, t))
     cached_run("other", {}, {"m": nn.Linear(2, 2)}, lambda: {}, root=tmp_path)  # reads, then writes the folder
     assert not stale.exists() and fresh_dead.exists() and live.exists()
+    assert not old_style.exists() and old_style_recent.exists()
     # a writer's own temporary files are named so that this works: .<name>.<random>.<pid>.tmp
     seen = []
     real_replace = os.replace
