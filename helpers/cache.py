@@ -6,7 +6,8 @@
 * Checkpoints keyed by a run's configuration: load when present, otherwise train and save. A chapter re-run
   with the same parameters loads its trained networks in seconds (the UvA pattern). Files are written
   atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``; a file whose
-  checksum does not match is ignored and the run retrains.
+  checksum does not match is ignored and the run retrains; one that matches but cannot be loaded (truncated,
+  wrong tensors, a pickle ``weights_only`` refuses) is moved aside as ``<name>.pt.unloadable`` and retrained.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -51,12 +53,55 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+STALE_AFTER_S = 600  # a write of even a large checkpoint takes seconds; also covers a shared folder's other hosts
+
+
+def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``.<name>.<random>.<pid>.tmp`` that a killed writer left in ``directory``: its
+    process is gone and the file is older than STALE_AFTER_S (files named before the PID was added: older than a
+    day). Returns what was deleted."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        try:
+            age = time.time() - tmp.stat().st_mtime
+            stale = (age > STALE_AFTER_S and not pid_alive(int(pid))) if pid.isdigit() else age > 86400
+            if stale and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # another process cleaned it first
+            continue
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over ``path``."""
+    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over ``path``.
+
+    The file gets the usual umask-based mode (mkstemp alone would leave it 0600); the temporary file's name carries
+    the writer's PID so that one left by a killed run is recognised and deleted by the next write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    clean_stale_temp_files(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -100,17 +145,33 @@ def save_checkpoint(path: Path, modules: Mapping[str, nn.Module], extra: Mapping
 def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
     """Load weights into ``modules`` and return the saved ``extra``; None if absent or corrupt."""
     sidecar = path.with_suffix(".sha256")
+    clean_stale_temp_files(path.parent)  # also when this run only reads: a killed save left up to 16 MB behind
     if not path.is_file() or not sidecar.is_file():
         return None
     if file_digest(path) != sidecar.read_text().strip():
         print(f"checkpoint {path.name}: checksum mismatch, ignoring it and retraining")
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if set(blob["state"]) != set(modules):
+    # A failed load_state_dict may have copied some tensors already: keep the initial weights to put them back,
+    # so the retraining starts exactly as a run without a checkpoint would.
+    initial = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if set(blob["state"]) != set(modules):
+            return None
+        for k, m in modules.items():
+            m.load_state_dict(blob["state"][k])
+        return dict(blob["extra"])
+    except Exception as exc:  # noqa: BLE001 - truncated zip, wrong tensors, a pickle weights_only refuses, ...
+        # The sidecar matches, so the file would fail the same way on every run: set it aside and retrain.
+        for k, m in modules.items():
+            m.load_state_dict(initial[k])
+        aside = path.with_name(f"{path.name}.unloadable")
+        os.replace(path, aside)
+        sidecar.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        print(f"checkpoint {path.name} cannot be loaded ({type(exc).__name__}: {reason}); moved it to "
+              f"{aside.name} and retraining")
         return None
-    for k, m in modules.items():
-        m.load_state_dict(blob["state"][k])
-    return blob["extra"]
 
 
 def cached_run(name: str, config: Mapping[str, Any], modules: Mapping[str, nn.Module],

@@ -86,3 +86,75 @@ def test_module_entry_point_help():
                           text=True, timeout=120)
     assert proc.returncode == 0
     assert "--weights {imagenet,random}" in proc.stdout and "IMAGES_DIR" not in proc.stderr
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.mkdir(marker)``: proof that the weights file ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def _hub_file(tmp_path, monkeypatch):
+    from helpers.data import extract_features as ef
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "torch" / "hub" / "checkpoints" / ef.RESNET18_FILE
+    path.parent.mkdir(parents=True)
+    return path
+
+
+def test_hand_placed_imagenet_weights_with_wrong_hash_are_refused_unread(tmp_path, monkeypatch):
+    """A file at torchvision's cache path is not trusted: its SHA-256 prefix is checked before it is opened."""
+    import torch
+
+    from helpers.data.extract_features import build_encoder
+
+    path = _hub_file(tmp_path, monkeypatch)
+    marker = tmp_path / "code-ran"
+    torch.save({"conv1.weight": _RunsCode(str(marker))}, path)
+    with pytest.raises(ExtractionError, match=rf"{path.name}: SHA-256 .* does not start with f37072fd"):
+        build_encoder("imagenet", 0, "cpu")
+    assert not marker.exists(), "loading the weights file ran code"
+
+
+def test_imagenet_weights_are_loaded_without_pickle_code(tmp_path, monkeypatch):
+    """Even a file whose hash prefix matches is read with weights_only=True: a pickle with code is refused, a plain
+    state dict is loaded into the encoder."""
+    import torch
+    import torchvision
+
+    from helpers.cache import file_digest
+    from helpers.data import extract_features as ef
+
+    path = _hub_file(tmp_path, monkeypatch)
+    marker = tmp_path / "code-ran"
+    torch.save({"conv1.weight": _RunsCode(str(marker))}, path)
+    monkeypatch.setattr(ef, "RESNET18_SHA256_PREFIX", file_digest(path)[:8])
+    with pytest.raises(ExtractionError, match=rf"{path.name} cannot be loaded as plain weights"):
+        ef.build_encoder("imagenet", 0, "cpu")
+    assert not marker.exists(), "loading the weights file ran code"
+
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), path)
+    monkeypatch.setattr(ef, "RESNET18_SHA256_PREFIX", file_digest(path)[:8])
+    encoder = ef.build_encoder("imagenet", 0, "cpu")
+    assert torch.equal(encoder.conv1.weight, reference.conv1.weight)
+    assert isinstance(encoder.fc, torch.nn.Identity)
+
+
+def test_overwrite_leaves_an_unrelated_folder_alone(image_dir, tmp_path, capsys):
+    out = tmp_path / "thesis"
+    (out / "chapters").mkdir(parents=True)
+    (out / "thesis.tex").write_text("\\chapter{One}\n")
+    (out / "chapters" / "one.tex").write_text("text\n")
+    assert main([str(image_dir), str(out), "--weights", "random", "--image-size", "32", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is not a feature folder" in err and "nothing was deleted" in err
+    assert (out / "thesis.tex").is_file() and (out / "chapters" / "one.tex").is_file()

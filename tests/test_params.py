@@ -85,3 +85,53 @@ def test_editing_a_nested_helper_makes_the_chapter_stale(tmp_path, monkeypatch):
     hsic = package / "methods" / "hsic.py"
     hsic.write_text(hsic.read_text() + "\n# an edit two imports below the chapter\n")
     assert runner.source_hash(src, params) != before
+
+
+def test_misspelt_papermill_parameter_stops_the_chapter_in_its_first_code_cell(tmp_path):
+    """``-p epoch 3`` (for ``epochs``) only creates a new global: the chapter must refuse it, name it and suggest
+    the close match, in the cell that calls start_chapter (before any data or training)."""
+    import nbformat
+
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(runner.NOTEBOOKS / "01_shortcut_learning.ipynb"), str(out), parameters={"epoch": 3},
+                            kernel_name="python3", cwd=str(runner.NOTEBOOKS), progress_bar=False)
+    assert err.value.ename == "ParameterError"
+    assert "'epoch'" in err.value.evalue and "did you mean 'epochs'" in err.value.evalue
+    nb = nbformat.read(out, as_version=4)
+    failed = [c for c in nb.cells if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert failed and "start_chapter(" in failed[0].source
+
+
+def test_injected_names_come_from_papermills_cell():
+    from helpers.book.params import injected_names, parameters_from_namespace
+
+    defaults = {"profile": "quick", "seed": 0, "device": "cpu", "rhos": [0.1, 0.9], "train_size": 100,
+                "test_size": 100, "epochs": 4, "batch_size": 128, "lr": 1e-3}
+    history = ["", "profile = 'quick'\nseed = 0\n", "# Parameters\nepochs = 2\nbatch_szie = 64\n", "import torch"]
+    namespace = {**defaults, "epochs": 2, "batch_szie": 64, "In": history, "torch": object()}
+    assert injected_names(namespace) == ["epochs", "batch_szie"]
+    with pytest.raises(ParameterError, match="parameter 'batch_szie' .*did you mean 'batch_size'"):
+        parameters_from_namespace("01_shortcut_learning", namespace)
+    # an interactive session (no injected cell) with extra globals of its own is fine
+    assert parameters_from_namespace("01_shortcut_learning", {**defaults, "In": history[:2] + history[3:],
+                                                               "mnist": {}})["epochs"] == 4
+    with pytest.raises(ParameterError, match="parameter 'colour' .*not a parameter"):
+        validate("01_shortcut_learning", {"colour": 3}, partial=True)
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if "train_size" in load_spec(c)["parameters"]])
+def test_train_size_too_small_for_the_data_is_refused_by_name(chapter):
+    """``train_size 5`` used to fail deep in the data cell (one image per class is the builders' minimum)."""
+    with pytest.raises(ParameterError, match=r"parameter 'train_size' must be >= 10, got 5"):
+        validate(chapter, {"train_size": 5}, partial=True)
+    assert validate(chapter, {"train_size": None}, partial=True)["train_size"] is None  # null = all
+    assert validate(chapter, {"train_size": 10}, partial=True)["train_size"] == 10
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if "lr" in load_spec(c)["parameters"]])
+def test_zero_learning_rate_is_refused(chapter):
+    with pytest.raises(ParameterError, match=r"parameter 'lr' must be > 0.0, got 0.0"):
+        validate(chapter, {"lr": 0}, partial=True)
+    assert validate(chapter, {"lr": 1e-6}, partial=True)["lr"] == 1e-6

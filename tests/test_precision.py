@@ -129,7 +129,7 @@ def test_predict_is_float32_under_fit_autocast(fit_autocast):
     with torch.no_grad():
         assert torch.allclose(ref, model(data.x), rtol=1e-5, atol=1e-6)
     assert not torch.equal(mixed, ref)  # the caller can still ask for bf16
-    assert T.accuracy_on(model, data) == float((ref.argmax(1) == data.y).float().mean())
+    assert T.accuracy_on(model, data) == T.accuracy(data.y, ref.argmax(1))
 
 
 def test_fit_logs_close_to_float32_and_evaluates_in_float32(fit_autocast, monkeypatch):
@@ -142,7 +142,7 @@ def test_fit_logs_close_to_float32_and_evaluates_in_float32(fit_autocast, monkey
                                                     "dev_acc": T.accuracy_on(model, data)})
         with torch.no_grad():  # a float32 reference evaluation of the same trained weights
             logits = model.eval()(data.x)
-        return h.rows[-1], float(F.cross_entropy(logits, data.y)), float((logits.argmax(1) == data.y).float().mean())
+        return h.rows[-1], float(F.cross_entropy(logits, data.y)), T.accuracy(data.y, logits.argmax(1))
 
     row, loss32, acc32 = train()
     assert _rel(row["dev_loss"], loss32) < 1e-6 and row["dev_acc"] == acc32

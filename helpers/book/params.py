@@ -14,11 +14,16 @@ Each chapter ``notebooks/NN_name.ipynb`` has ``notebooks/profiles/NN_name.yaml``
 
 The runner validates a profile against the schema before executing anything, and the chapter validates its
 actual values again in its first code cell (so a papermill run with hand-written ``-p`` values is checked
-too). Every error names the parameter.
+too). Every error names the parameter. ``min_exclusive: true`` makes ``min`` exclusive (a learning rate of 0
+trains nothing); ``nullable: true`` admits null (for sizes: all images; every data builder needs at least one
+image per class, hence ``min: 10``); ``sweep: true`` marks a list the chapter iterates over (left out of cache
+keys, which carry each cell's own value).
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,7 +34,8 @@ from helpers.cache import REPO_ROOT
 PROFILE_DIR = REPO_ROOT / "notebooks" / "profiles"
 PROFILES = ("smoke", "quick", "full")
 TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
-RULE_KEYS = {"type", "item", "min", "max", "choices", "min_len", "max_len", "nullable", "sweep", "help"}
+RULE_KEYS = {"type", "item", "min", "max", "min_exclusive", "choices", "min_len", "max_len", "nullable", "sweep",
+             "help"}
 
 
 class ParameterError(ValueError):
@@ -50,7 +56,7 @@ def load_spec(chapter: str, profile_dir: Path | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no parameter schema for chapter '{chapter}' at {path}")
     spec = yaml.safe_load(path.read_text()) or {}
-    params = spec.get("parameters") or {}
+    params = dict(spec.get("parameters") or {})
     for name, rule in params.items():
         unknown = set(rule) - RULE_KEYS
         if unknown or rule.get("type") not in TYPES:
@@ -69,6 +75,8 @@ def _check_scalar(chapter: str, name: str, value: Any, type_name: str, rule: Map
         raise ParameterError(chapter, label, f"must be of type {type_name}, got {type(value).__name__} {value!r}")
     if "choices" in rule and value not in rule["choices"]:
         raise ParameterError(chapter, label, f"must be one of {rule['choices']}, got {value!r}")
+    if "min" in rule and rule.get("min_exclusive") and value <= rule["min"]:
+        raise ParameterError(chapter, label, f"must be > {rule['min']}, got {value!r}")
     if "min" in rule and value < rule["min"]:
         raise ParameterError(chapter, label, f"must be >= {rule['min']}, got {value!r}")
     if "max" in rule and value > rule["max"]:
@@ -101,7 +109,7 @@ def validate(chapter: str, values: Mapping[str, Any], *, partial: bool = False,
     rules = load_spec(chapter, profile_dir)["parameters"]
     unknown = sorted(set(values) - set(rules) - {"profile"})
     if unknown:
-        raise ParameterError(chapter, unknown[0], f"is not a parameter of this chapter (known: {sorted(rules)})")
+        raise unknown_parameter(chapter, unknown[0], rules)
     if "profile" in values and values["profile"] not in PROFILES:
         raise ParameterError(chapter, "profile", f"must be one of {list(PROFILES)}, got {values['profile']!r}")
     if not partial:
@@ -109,6 +117,36 @@ def validate(chapter: str, values: Mapping[str, Any], *, partial: bool = False,
         if missing:
             raise ParameterError(chapter, missing[0], "is missing from the parameters cell")
     return {name: check_value(chapter, name, v, rules[name]) if name in rules else v for name, v in values.items()}
+
+
+def unknown_parameter(chapter: str, name: str, rules: Mapping) -> ParameterError:
+    """The error for a name the schema does not know, suggesting the closest known one (a typo, usually)."""
+    known = sorted(set(rules) | {"profile"})
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ParameterError(chapter, name, f"is not a parameter of this chapter ({hint}known: {known})")
+
+
+def injected_names(namespace: Mapping[str, Any]) -> list[str]:
+    """Names assigned by papermill's injected-parameters cell, read from IPython's input history.
+
+    papermill writes that cell as ``# Parameters`` followed by one ``name = value`` line per ``-p``/``-y`` value.
+    A misspelt name only creates a new global, which the schema check on the known names cannot see, so the
+    injected cell's own source is the reliable record of what was passed. Outside IPython (no ``In``) it is [].
+    """
+    history = namespace.get("In") or namespace.get("_ih") or []
+    names: list[str] = []
+    for source in history:
+        if not isinstance(source, str) or not source.lstrip().startswith("# Parameters"):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                names += [t.id for t in node.targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
 
 
 def profile_values(chapter: str, profile: str, profile_dir: Path | None = None) -> dict:
@@ -123,6 +161,9 @@ def profile_values(chapter: str, profile: str, profile_dir: Path | None = None) 
 def parameters_from_namespace(chapter: str, namespace: Mapping[str, Any]) -> dict:
     """Collect and validate the chapter's parameters from a notebook's globals()."""
     rules = load_spec(chapter)["parameters"]
+    for name in injected_names(namespace):
+        if name not in rules and name != "profile":
+            raise unknown_parameter(chapter, name, rules)
     values = {name: namespace[name] for name in rules if name in namespace}
     if "profile" in namespace:
         values["profile"] = namespace["profile"]

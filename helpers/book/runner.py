@@ -10,12 +10,15 @@ runs), skips the chapter when the hash of its source, its parameters and the ``h
 stored in the executed copy, and otherwise executes it into a temporary file. On success the executed copy is moved
 into ``book/`` with papermill's injected-parameters cell tagged ``remove-cell`` (hidden in the HTML, kept for
 provenance) and the chapter's results record into ``book/results/``. On failure the run stops, names the chapter
-and the failing cell, and keeps the partial notebook in ``build/failed/``.
+and the failing cell, and keeps the partial notebook in ``build/failed/``. A chapter runs in
+``build/running/<chapter>-<pid>-<random>/``; Ctrl-C prints one line naming the chapter and removes that folder
+(book/ is unchanged), and folders left by a killed runner are removed when the next one starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,18 +33,30 @@ import nbformat
 
 from helpers.book.closure import code_hash
 from helpers.book.params import PROFILES, ParameterError, profile_values
-from helpers.cache import REPO_ROOT
+from helpers.cache import REPO_ROOT, pid_alive
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
 RESULTS = BOOK / "results"
 FAILED = REPO_ROOT / "build" / "failed"
+RUNNING = REPO_ROOT / "build" / "running"  # <chapter>-<pid>-<random>/: a chapter's execution folder while it runs
 META_KEY = "shortcut_book"
 KERNEL = "python3"
 
 
 class ChapterFailed(RuntimeError):
     pass
+
+
+def clean_stale_runs() -> list[Path]:
+    """Delete the execution folders that a killed runner (SIGKILL, power loss) left behind: their PID is gone."""
+    removed = []
+    for folder in RUNNING.glob("*-*-*"):
+        pid = folder.name.rsplit("-", 2)[1]
+        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def chapters(selection: list[str] | None = None) -> list[Path]:
@@ -100,6 +115,10 @@ def _kernel_env(results_dir: Path) -> dict:
     return env
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def _describe_failure(exc: Exception, partial: Path) -> str:
     cell = "unknown cell"
     try:
@@ -116,6 +135,22 @@ def _describe_failure(exc: Exception, partial: Path) -> str:
     return f"{cell}: {ename}: {evalue}"
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Point file descriptor 2 at ``path`` while a chapter runs: the kernel inherits it, so its warnings and the
+    tracebacks it prints when the runner stops it (Ctrl-C) go to this log instead of the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def execute(src: Path, profile: str, *, force: bool = False) -> str:
     """Execute one chapter into book/; returns 'executed' or 'skipped'."""
     import papermill as pm
@@ -125,21 +160,25 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
     out = executed_path(src)
     if not force and stored_hash(out) == digest and (RESULTS / f"{src.stem}.json").is_file():
         return "skipped"
-    with tempfile.TemporaryDirectory(prefix=f"{src.stem}-") as tmp:
+    RUNNING.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{src.stem}-{os.getpid()}-", dir=RUNNING) as tmp:
         tmp_nb, tmp_results = Path(tmp) / src.name, Path(tmp) / "results"
         tmp_results.mkdir()
         old_env = dict(os.environ)
         os.environ.update(_kernel_env(tmp_results))
+        kernel_log = Path(tmp) / "kernel-stderr.log"
         try:
-            pm.execute_notebook(str(src), str(tmp_nb), parameters=params, kernel_name=KERNEL, cwd=str(NOTEBOOKS),
-                                progress_bar=False, log_output=False)
+            with _stderr_to(kernel_log):
+                pm.execute_notebook(str(src), str(tmp_nb), parameters=params, kernel_name=KERNEL,
+                                    cwd=str(NOTEBOOKS), progress_bar=False, log_output=False)
         except Exception as exc:  # noqa: BLE001 - papermill raises its own error types and kernel errors
             FAILED.mkdir(parents=True, exist_ok=True)
             kept = FAILED / src.name
             if tmp_nb.is_file():
                 shutil.copy(tmp_nb, kept)
+            shutil.copy(kernel_log, FAILED / f"{src.stem}.kernel-stderr.log")
             raise ChapterFailed(f"chapter {src.stem} failed at {_describe_failure(exc, tmp_nb)}\n"
-                                f"partial notebook kept at {kept.relative_to(REPO_ROOT)}") from None
+                                f"partial notebook kept at {_shown(kept)} (kernel log beside it)") from None
         finally:
             os.environ.clear()
             os.environ.update(old_env)
@@ -204,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list chapters and whether their executed copy is current")
     args = parser.parse_args(argv)
 
+    current = None  # the chapter being executed, for the message on Ctrl-C
     try:
         if args.command == "prepare":
             for path in prepare(args.profile, args.out, args.chapters):
@@ -220,10 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         srcs = chapters(args.chapters)
         _validate_all(srcs, args.profile)
+        clean_stale_runs()
         if args.retrain:
             os.environ["SHORTCUT_BOOK_RETRAIN"] = "1"  # inherited by the kernels; read by cached_run
         t_all = time.perf_counter()
         for i, src in enumerate(srcs, start=1):
+            current = src.stem
             print(f"[{i}/{len(srcs)}] {src.stem} ({args.profile}) ...", flush=True)
             t0 = time.perf_counter()
             state = execute(src, args.profile, force=args.force)
@@ -238,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     except ChapterFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # One line instead of papermill's asyncio/zmq tracebacks; the chapter's execution folder is already gone
+        # (TemporaryDirectory) and book/ is written only after a chapter succeeds.
+        what = f"chapter {current}" if current else f"'{args.command}'"
+        print(f"interrupted: {what} stopped before it finished; book/ is unchanged", file=sys.stderr)
+        return 130
 
 
 def stored_profile(src: Path) -> str | None:

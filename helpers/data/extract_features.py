@@ -31,13 +31,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from helpers.cache import file_digest
 from helpers.device import pick_device
-from helpers.data.feature_folder import FeatureFolderError, FeatureSplit, balance_groups, describe, write_feature_folder
+from helpers.data.feature_folder import (FeatureFolderError, FeatureSplit, balance_groups, check_replaceable, describe,
+                                         write_feature_folder)
 
 SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 REQUIRED_COLUMNS = ("img_filename", "y", "place", "split")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's IMAGENET1K_V1 file; its name carries its SHA-256 prefix
+RESNET18_URL = f"https://download.pytorch.org/models/{RESNET18_FILE}"
+RESNET18_SHA256_PREFIX = "f37072fd"
 
 
 class ExtractionError(ValueError):
@@ -74,18 +79,43 @@ def read_metadata(images_dir: Path) -> dict[str, dict[str, list]]:
     return out
 
 
+def imagenet_state_dict() -> dict:
+    """The ResNet-18 IMAGENET1K_V1 state dict from torch's hub cache (downloaded once), verified, without pickle code.
+
+    torchvision itself unpickles the cached file in full and checks its hash only while downloading, so a file put
+    there by hand could run code. Here the file's SHA-256 must start with the prefix in its name (torchvision's own
+    check, ``check_hash``: 8 hex digits; it catches a wrong or damaged file, not a deliberately forged one) and it
+    is read with ``weights_only=True``, which refuses any pickled object other than tensors and plain containers.
+    """
+    path = Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(RESNET18_URL, str(path), hash_prefix=RESNET18_SHA256_PREFIX,
+                                           progress=False)
+        except Exception as exc:  # noqa: BLE001 - no network, no cache: say what to do
+            raise ExtractionError(
+                f"--weights imagenet: could not download the ResNet-18 IMAGENET1K_V1 weights ({type(exc).__name__}: "
+                f"{exc}). Download {RESNET18_URL} into {path.parent}/ or use --weights random") from exc
+    digest = file_digest(path)
+    if not digest.startswith(RESNET18_SHA256_PREFIX):
+        raise ExtractionError(f"{path}: SHA-256 {digest} does not start with {RESNET18_SHA256_PREFIX}, so it is not "
+                              f"the official file; delete it (it is downloaded again) or use --weights random")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a refused pickle or an unreadable file: never fall back to full pickle
+        raise ExtractionError(f"{path} cannot be loaded as plain weights ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}); delete it "
+                              "(it is downloaded again) or use --weights random") from exc
+
+
 def build_encoder(weights: str, seed: int, device) -> torch.nn.Module:
     """torchvision ResNet-18 with ``fc`` replaced by the identity: images → 512-d pooled features."""
     import torchvision
 
     if weights == "imagenet":
-        try:
-            model = torchvision.models.resnet18(weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
-        except Exception as exc:  # noqa: BLE001 - no network, no cache: say what to do
-            raise ExtractionError(
-                f"--weights imagenet: could not load the ResNet-18 IMAGENET1K_V1 weights ({type(exc).__name__}: "
-                f"{exc}). Download resnet18-f37072fd.pth into {torch.hub.get_dir()}/checkpoints/ or use "
-                "--weights random") from exc
+        model = torchvision.models.resnet18(weights=None)
+        model.load_state_dict(imagenet_state_dict())
     elif weights == "random":
         torch.manual_seed(seed)
         model = torchvision.models.resnet18(weights=None)
@@ -131,6 +161,7 @@ def run(images_dir, out_dir, weights: str = "imagenet", device="auto", image_siz
         raise ExtractionError(f"--batch-size must be >= 1, got {batch_size}")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ExtractionError(f"OUT_DIR {out_dir} exists and is not empty; pass --overwrite to replace it")
+    check_replaceable(out_dir)  # before the long extraction: --overwrite replaces only a feature folder
     meta = read_metadata(images_dir)
     y_val = torch.tensor(meta["val"]["y"])
     b_val = torch.tensor(meta["val"]["place"])

