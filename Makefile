@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh Linux machine with Python 3.11:
 #   make book   - create the virtual environment if missing, install, execute the chapters, build the HTML
-#   make test   - unit tests, notebook checks, the book build, and every chapter at the smoke profile (nbval)
+#   make test   - lint, unit tests, notebook checks, the book build, every chapter at smoke (nbval)
+#   make lint   - ruff check and ruff format --check (make format applies the formatter)
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -10,7 +11,8 @@ FORCE   ?=
 RETRAIN ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: book html test unit lint lab benchmark clean distclean
+.PHONY: book html test unit lint format lab benchmark clean distclean
+LINTED  := helpers tests benchmarks notebooks
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +28,15 @@ book: $(STAMP)
 html: $(STAMP)
 	$(PY) -m helpers.book html
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
+
+test: lint
 	rm -rf build/nbval
 	$(PY) -m helpers.book prepare --profile smoke --out build/nbval
 	SHORTCUT_BOOK_RETRAIN=1 TQDM_DISABLE=1 $(PY) -m pytest -p no:cacheprovider tests build/nbval \

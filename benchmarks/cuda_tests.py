@@ -1,9 +1,10 @@
 """Run the ``@pytest.mark.cuda`` tests of tests/test_precision.py, with or without pytest.
 
-The GPU machine has torch but no pytest, so when pytest is missing a minimal stand-in module provides what those
-tests use (``mark.cuda``, ``mark.parametrize``, ``fixture``, ``raises``) and each marked test is called directly.
+The GPU machine has torch but no pytest, so when pytest is missing a minimal stand-in module
+provides what those tests use (``mark.cuda``, ``mark.parametrize``, ``fixture``, ``raises``) and
+each marked test is called directly.
 
-    python benchmarks/cuda_tests.py [--json out.json] [--dry-run]   # --dry-run: collect and list only
+    python benchmarks/cuda_tests.py [--json out.json] [--dry-run]  # --dry-run: list only
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ class _Mark:
         self.name, self.args = name, args
 
     def __call__(self, *args):
-        if len(args) == 1 and callable(args[0]):  # decorating a test (@mark.name or @mark.name(...))
+        if len(args) == 1 and callable(
+            args[0]
+        ):  # decorating a test (@mark.name or @mark.name(...))
             fn = args[0]
             fn.marks = getattr(fn, "marks", []) + [self]
             return fn
@@ -57,6 +60,7 @@ def collect():
     """The cuda-marked tests as (id, callable) pairs, parametrisations expanded."""
     try:
         import pytest  # noqa: F401
+
         have_pytest = True
     except ImportError:
         sys.modules["pytest"] = _stub_pytest()
@@ -75,7 +79,11 @@ def collect():
         combos = [{}]
         for names, values in grids:
             names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-            combos = [dict(c, **dict(zip(names, v if len(names) > 1 else (v,)))) for c in combos for v in values]
+            combos = [
+                dict(c, **dict(zip(names, v if len(names) > 1 else (v,))))
+                for c in combos
+                for v in values
+            ]
         for c in combos:
             tid = f"{name}[{'-'.join(map(str, c.values()))}]" if c else name
             tests.append((tid, lambda fn=fn, c=c: fn(**c)))
@@ -85,10 +93,15 @@ def collect():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None)
-    parser.add_argument("--dry-run", action="store_true", help="collect and list the tests, run none")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="collect and list the tests, run none"
+    )
     args = parser.parse_args()
     tests, have_pytest = collect()
-    print(f"{len(tests)} CUDA tests from {TEST_FILE.name} ({'pytest present' if have_pytest else 'pytest stand-in'})")
+    print(
+        f"{len(tests)} CUDA tests from {TEST_FILE.name} "
+        f"({'pytest present' if have_pytest else 'pytest stand-in'})"
+    )
     if not tests:
         raise SystemExit("no CUDA tests collected")
     results = {}
@@ -108,7 +121,11 @@ def main() -> None:
             print(results[tid]["error"])
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"tests": results, "collected": [t for t, _ in tests], "dry_run": args.dry_run}, fh, indent=2)
+            json.dump(
+                {"tests": results, "collected": [t for t, _ in tests], "dry_run": args.dry_run},
+                fh,
+                indent=2,
+            )
     if any(not r["ok"] for r in results.values()):
         raise SystemExit(1)
 

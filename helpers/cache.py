@@ -1,13 +1,15 @@
-"""Where the book keeps data, checkpoints and results, and how it writes them: atomically and checksummed.
+"""Where the book keeps data, checkpoints and results, and how it writes them: atomically and
+checksummed.
 
-* Paths: the cache root is, in order of precedence, an explicit ``root`` argument, the environment variable
-  ``SHORTCUT_BOOK_DATA``, or ``data/`` at the repository root (git-ignored).
+* Paths: the cache root is, in order of precedence, an explicit ``root`` argument, the environment
+  variable ``SHORTCUT_BOOK_DATA``, or ``data/`` at the repository root (git-ignored).
 * Atomic writes: a reader never sees a half-written data file or checkpoint.
-* Checkpoints keyed by a run's configuration: load when present, otherwise train and save. A chapter re-run
-  with the same parameters loads its trained networks in seconds (the UvA pattern). Files are written
-  atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``; a file whose
-  checksum does not match is ignored and the run retrains; one that matches but cannot be loaded (truncated,
-  wrong tensors, a pickle ``weights_only`` refuses) is moved aside as ``<name>.pt.unloadable`` and retrained.
+* Checkpoints keyed by a run's configuration: load when present, otherwise train and save. A chapter
+  re-run with the same parameters loads its trained networks in seconds (the UvA pattern). Files are
+  written atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``;
+  a file whose checksum does not match is ignored and the run retrains; one that matches but cannot
+  be loaded (truncated, wrong tensors, a pickle ``weights_only`` refuses) is moved aside as
+  ``<name>.pt.unloadable`` and retrained.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +47,7 @@ def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------ atomic writes
+# ------------------------------------------------------------------------------------ atomic writes
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
@@ -69,19 +72,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-STALE_AFTER_S = 600  # a write of even a large checkpoint takes seconds; also covers a shared folder's other hosts
+# a write of even a large checkpoint takes seconds; also covers a shared folder's other hosts
+STALE_AFTER_S = 600
 
 
 def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files ``.<name>.<random>.<pid>.tmp`` that a killed writer left in ``directory``: its
-    process is gone and the file is older than STALE_AFTER_S (files named before the PID was added: older than a
-    day). Returns what was deleted."""
+    """Delete the temporary files ``.<name>.<random>.<pid>.tmp`` that a killed writer left in
+    ``directory``: its process is gone and the file is older than STALE_AFTER_S (files named before
+    the PID was added: older than a day). Returns what was deleted."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
         try:
             age = time.time() - tmp.stat().st_mtime
-            stale = (age > STALE_AFTER_S and not pid_alive(int(pid))) if pid.isdigit() else age > 86400
+            stale = (
+                (age > STALE_AFTER_S and not pid_alive(int(pid))) if pid.isdigit() else age > 86400
+            )
             if stale and tmp.is_file():
                 tmp.unlink()
                 removed.append(tmp)
@@ -91,15 +97,19 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over ``path``.
+    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it over
+    ``path``.
 
-    The file gets the usual umask-based mode (mkstemp alone would leave it 0600); the temporary file's name carries
-    the writer's PID so that one left by a killed run is recognised and deleted by the next write.
+    The file gets the usual umask-based mode (mkstemp alone would leave it 0600); the temporary
+    file's name carries the writer's PID so that one left by a killed run is recognised and deleted
+    by the next write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp_files(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"
+    )
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -116,7 +126,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-# -------------------------------------------------------------------------------------------- checkpoints
+# -------------------------------------------------------------------------------------- checkpoints
 CACHE_FORMAT = 1
 
 
@@ -130,13 +140,21 @@ def checkpoint_path(name: str, config: Mapping[str, Any], root=None) -> Path:
     return checkpoint_dir(root) / f"{name}-{config_key(config)}.pt"
 
 
-def save_checkpoint(path: Path, modules: Mapping[str, nn.Module], extra: Mapping[str, Any], config: Mapping) -> None:
+def save_checkpoint(
+    path: Path, modules: Mapping[str, nn.Module], extra: Mapping[str, Any], config: Mapping
+) -> None:
     buf = io.BytesIO()
-    torch.save({
-        "config": json.dumps(config, sort_keys=True, default=str),
-        "state": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()} for k, m in modules.items()},
-        "extra": dict(extra),
-    }, buf)
+    torch.save(
+        {
+            "config": json.dumps(config, sort_keys=True, default=str),
+            "state": {
+                k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
+                for k, m in modules.items()
+            },
+            "extra": dict(extra),
+        },
+        buf,
+    )
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest() + "\n")
@@ -145,14 +163,16 @@ def save_checkpoint(path: Path, modules: Mapping[str, nn.Module], extra: Mapping
 def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
     """Load weights into ``modules`` and return the saved ``extra``; None if absent or corrupt."""
     sidecar = path.with_suffix(".sha256")
-    clean_stale_temp_files(path.parent)  # also when this run only reads: a killed save left up to 16 MB behind
+    clean_stale_temp_files(
+        path.parent
+    )  # also when this run only reads: a killed save left up to 16 MB behind
     if not path.is_file() or not sidecar.is_file():
         return None
     if file_digest(path) != sidecar.read_text().strip():
         print(f"checkpoint {path.name}: checksum mismatch, ignoring it and retraining")
         return None
-    # A failed load_state_dict may have copied some tensors already: keep the initial weights to put them back,
-    # so the retraining starts exactly as a run without a checkpoint would.
+    # A failed load_state_dict may have copied some tensors already: keep the initial weights to put
+    # them back, so the retraining starts exactly as a run without a checkpoint would.
     initial = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -162,24 +182,35 @@ def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None
             m.load_state_dict(blob["state"][k])
         return dict(blob["extra"])
     except Exception as exc:  # noqa: BLE001 - truncated zip, wrong tensors, a pickle weights_only refuses, ...
-        # The sidecar matches, so the file would fail the same way on every run: set it aside and retrain.
+        # The sidecar matches, so the file would fail the same way on every run: set it aside and
+        # retrain.
         for k, m in modules.items():
             m.load_state_dict(initial[k])
         aside = path.with_name(f"{path.name}.unloadable")
         os.replace(path, aside)
         sidecar.unlink(missing_ok=True)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        print(f"checkpoint {path.name} cannot be loaded ({type(exc).__name__}: {reason}); moved it to "
-              f"{aside.name} and retraining")
+        print(
+            f"checkpoint {path.name} cannot be loaded ({type(exc).__name__}: {reason}); moved it "
+            f"to {aside.name} and retraining"
+        )
         return None
 
 
-def cached_run(name: str, config: Mapping[str, Any], modules: Mapping[str, nn.Module],
-               train_fn: Callable[[], Mapping[str, Any]], *, root=None, force: bool = False) -> dict:
+def cached_run(
+    name: str,
+    config: Mapping[str, Any],
+    modules: Mapping[str, nn.Module],
+    train_fn: Callable[[], Mapping[str, Any]],
+    *,
+    root=None,
+    force: bool = False,
+) -> dict:
     """Load ``modules`` from the checkpoint for ``config`` or call ``train_fn()`` and save them.
 
-    ``train_fn`` trains the modules in place and returns a dict of plain values (history rows, selected epoch,
-    …) that is stored with the weights and returned on every later call. ``force=True`` retrains.
+    ``train_fn`` trains the modules in place and returns a dict of plain values (history rows,
+    selected epoch, …) that is stored with the weights and returned on every later call.
+    ``force=True`` retrains.
     """
     path = checkpoint_path(name, config, root)
     if not force and os.environ.get("SHORTCUT_BOOK_RETRAIN") != "1":

@@ -1,4 +1,5 @@
-"""Device choice and the per-device training settings (bf16 autocast where supported, channels_last on CUDA)."""
+"""Device choice and the per-device training settings (bf16 autocast where supported, channels_last
+on CUDA)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 
 def deterministic_cublas() -> None:
-    """Ask cuBLAS for its deterministic workspace. It must happen before the first CUDA matmul (cuBLAS reads it
-    once), so it runs when this module is imported (every training path imports it) and in ``start_chapter``;
-    an explicit setting of the user's is kept."""
+    """Ask cuBLAS for its deterministic workspace. It must happen before the first CUDA matmul
+    (cuBLAS reads it once), so it runs when this module is imported (every training path imports it)
+    and in ``start_chapter``; an explicit setting of the user's is kept."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
@@ -21,7 +22,8 @@ deterministic_cublas()
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """Return ``prefer`` if given (``"cpu"``, ``"cuda"``, ``"mps"``), else the best available: cuda > mps > cpu."""
+    """Return ``prefer`` if given (``"cpu"``, ``"cuda"``, ``"mps"``), else the best available: cuda
+    > mps > cpu."""
     if prefer not in (None, "", "auto"):
         dev = torch.device(prefer)
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -37,7 +39,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def describe(device: torch.device) -> str:
-    """Human-readable device name for results files, e.g. ``cuda (NVIDIA H100)`` or ``cpu (2 threads)``."""
+    """Human-readable device name for results files, e.g. ``cuda (NVIDIA H100)`` or ``cpu (2
+    threads)``."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -47,11 +50,13 @@ def describe(device: torch.device) -> str:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The one precision decision: the autocast dtype ``fit`` trains in on ``device``, None for float32.
+    """The one precision decision: the autocast dtype ``fit`` trains in on ``device``, None for
+    float32.
 
-    bf16 on CUDA GPUs with native bf16 (Ampere and later); float32 on older GPUs, because float16 would need a
-    gradient scaler around every step function's own ``backward``/``optimizer.step`` (the bf16 emulation of
-    those GPUs is slower than float32); float32 on CPU and MPS, so CPU runs stay bit-reproducible.
+    bf16 on CUDA GPUs with native bf16 (Ampere and later); float32 on older GPUs, because float16
+    would need a gradient scaler around every step function's own ``backward``/``optimizer.step``
+    (the bf16 emulation of those GPUs is slower than float32); float32 on CPU and MPS, so CPU runs
+    stay bit-reproducible.
     """
     if torch.device(device).type != "cuda":
         return None
@@ -72,8 +77,8 @@ def autocast(device: torch.device):
 
 
 def full_precision(device: torch.device):
-    """Autocast switched off, for statistics and losses that bf16 would distort (kernel matrices, HSIC,
-    evaluation); tensors created inside are float32 when their inputs are."""
+    """Autocast switched off, for statistics and losses that bf16 would distort (kernel matrices,
+    HSIC, evaluation); tensors created inside are float32 when their inputs are."""
     device = torch.device(device)
     if device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, enabled=False)
@@ -81,7 +86,8 @@ def full_precision(device: torch.device):
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last helps cuDNN convolutions under bf16; on CPU it only costs layout conversions."""
+    """channels_last helps cuDNN convolutions under bf16; on CPU it only costs layout
+    conversions."""
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
 
 

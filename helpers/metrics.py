@@ -1,19 +1,25 @@
-"""Accuracy metrics with their exact definitions: papers mean different things by "average accuracy".
+"""Accuracy metrics with their exact definitions: papers mean different things by "average
+accuracy".
 
-Notation: a test sample belongs to group g = (target y, bias attribute b); ``acc_g`` is the accuracy on the
-test samples of group g, ``n_g`` their number; groups absent from the test set are ignored (NaN in tables).
+Notation: a test sample belongs to group g = (target y, bias attribute b); ``acc_g`` is the accuracy
+on the test samples of group g, ``n_g`` their number; groups absent from the test set are ignored
+(NaN in tables).
 
-================================  ===========================================================================
-``plain_accuracy``                 fraction of all test samples classified correctly = Σ_g n_g·acc_g / Σ_g n_g
-``worst_group_accuracy``           min_g acc_g
-``mean_of_groups_accuracy``        (1/G) Σ_g acc_g over the G groups present ("unweighted group mean",
+================================
+=========================================================================== ``plain_accuracy``
+fraction of all test samples classified correctly = Σ_g n_g·acc_g / Σ_g n_g ``worst_group_accuracy``
+min_g acc_g ``mean_of_groups_accuracy``        (1/G) Σ_g acc_g over the G groups present
+("unweighted group mean",
                                    CAML's "average", SubpopBench's "adjusted accuracy", the mean of
                                    LfF's 10×10 matrix)
-``weighted_accuracy``              Σ_g w_g·acc_g with w_g = n_g^train / N^train (the Waterbirds "mean accuracy"
-                                   of DFR and JTT: test groups re-weighted to the training proportions)
-``aligned_accuracy``               accuracy on bias-aligned samples (b equals the bias value tied to y)
-``conflicting_accuracy``           accuracy on bias-conflicting samples (all others)
-================================  ===========================================================================
+``weighted_accuracy``              Σ_g w_g·acc_g with w_g = n_g^train / N^train (the Waterbirds
+"mean accuracy"
+                                   of DFR and JTT: test groups re-weighted to the training
+                                   proportions)
+``aligned_accuracy``               accuracy on bias-aligned samples (b equals the bias value tied to
+y) ``conflicting_accuracy``           accuracy on bias-conflicting samples (all others)
+================================
+===========================================================================
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ plain_accuracy = accuracy
 
 
 def confusion_matrix(y, pred, num_classes: int, normalize: bool = False) -> np.ndarray:
-    """``C[i, j]`` = number of samples of true class i predicted as j; rows sum to 1 if ``normalize``."""
+    """``C[i, j]`` = number of samples of true class i predicted as j; rows sum to 1 if
+    ``normalize``."""
     y, pred = _np(y).astype(int), _np(pred).astype(int)
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
@@ -68,8 +75,11 @@ def group_accuracy(y, bias, pred, num_targets: int, num_biases: int) -> np.ndarr
 def group_accuracy_frame(table: np.ndarray, target_names=None, bias_names=None) -> pd.DataFrame:
     """Label a (target × bias) table for display."""
     t, b = table.shape
-    return pd.DataFrame(table, index=pd.Index(target_names or range(t), name="target"),
-                        columns=pd.Index(bias_names or range(b), name="bias"))
+    return pd.DataFrame(
+        table,
+        index=pd.Index(target_names or range(t), name="target"),
+        columns=pd.Index(bias_names or range(b), name="bias"),
+    )
 
 
 def worst_group_accuracy(table: np.ndarray) -> float:
@@ -83,7 +93,8 @@ def mean_of_groups_accuracy(table: np.ndarray) -> float:
 
 
 def weighted_accuracy(table: np.ndarray, train_counts: np.ndarray) -> float:
-    """Σ_g (n_g^train / N^train) acc_g: test group accuracies weighted by training group proportions.
+    """Σ_g (n_g^train / N^train) acc_g: test group accuracies weighted by training group
+    proportions.
 
     Groups with training samples but no test samples make this undefined and raise an error.
     """
@@ -97,7 +108,8 @@ def weighted_accuracy(table: np.ndarray, train_counts: np.ndarray) -> float:
 
 
 def aligned_mask(y, bias, bias_of_target=None) -> np.ndarray:
-    """True where a sample is bias-aligned: ``bias == bias_of_target[y]`` (identity mapping by default)."""
+    """True where a sample is bias-aligned: ``bias == bias_of_target[y]`` (identity mapping by
+    default)."""
     y, bias = _np(y).astype(int), _np(bias).astype(int)
     expected = y if bias_of_target is None else np.asarray(bias_of_target)[y]
     return bias == expected
@@ -115,7 +127,9 @@ def conflicting_accuracy(y, bias, pred, bias_of_target=None) -> float:
     return accuracy(_np(y)[m], _np(pred)[m]) if m.any() else float("nan")
 
 
-def summary(y, bias, pred, num_targets: int, num_biases: int, train_counts=None, bias_of_target=None) -> dict:
+def summary(
+    y, bias, pred, num_targets: int, num_biases: int, train_counts=None, bias_of_target=None
+) -> dict:
     """All the named accuracies of one prediction, side by side."""
     table = group_accuracy(y, bias, pred, num_targets, num_biases)
     out = {

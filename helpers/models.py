@@ -1,9 +1,10 @@
-"""Every network of the book, one place to find them: LeNet, ReBias's SimpleConvNet, MaskTune's SmallCNN, …"""
+"""Every network of the book, one place to find them: LeNet, ReBias's SimpleConvNet, MaskTune's
+SmallCNN, …"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ from torch import nn
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode afterwards (also on error)."""
+    """Put ``model`` in eval mode for the block and restore its previous mode afterwards (also on
+    error)."""
     was_training = model.training
     model.eval()
     try:
@@ -24,19 +26,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 class LeNet(nn.Module):
     """LeNet-5 style network: two 5×5 conv + max-pool stages, then 120 → 84 → ``num_classes``.
 
-    ``features(x)`` returns the 84-d penultimate representation, which the Fisher chapter concatenates with
-    a colour vector.
+    ``features(x)`` returns the 84-d penultimate representation, which the Fisher chapter
+    concatenates with a colour vector.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 28):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Flatten(),
         )
         spatial = ((image_size // 2) - 4) // 2
-        self.head = nn.Sequential(nn.Linear(16 * spatial * spatial, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+        self.head = nn.Sequential(
+            nn.Linear(16 * spatial * spatial, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU()
+        )
         self.fc = nn.Linear(84, num_classes)
         self.feature_dim = 84
 
@@ -48,20 +56,26 @@ class LeNet(nn.Module):
 
 
 class SimpleConvNet(nn.Module):
-    """ReBias's SimpleConvNet: four conv-BN-ReLU blocks without pooling, global average pool, linear head.
+    """ReBias's SimpleConvNet: four conv-BN-ReLU blocks without pooling, global average pool, linear
+    head.
 
-    ``kernel_size=7`` gives a shape-capable network (receptive field 25×25); ``kernel_size=1`` gives a network
-    that sees single pixels only, i.e. a colour classifier. ``width`` scales the channel counts (16, 32, 64,
-    128 at width 1) for fast CPU profiles.
+    ``kernel_size=7`` gives a shape-capable network (receptive field 25×25); ``kernel_size=1`` gives
+    a network that sees single pixels only, i.e. a colour classifier. ``width`` scales the channel
+    counts (16, 32, 64, 128 at width 1) for fast CPU profiles.
     """
 
-    def __init__(self, kernel_size: int = 7, num_classes: int = 10, width: float = 1.0, in_channels: int = 3):
+    def __init__(
+        self, kernel_size: int = 7, num_classes: int = 10, width: float = 1.0, in_channels: int = 3
+    ):
         super().__init__()
         chans = [in_channels] + [max(1, int(round(c * width))) for c in (16, 32, 64, 128)]
         layers = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(chans[-1], num_classes)
@@ -90,21 +104,27 @@ def _conv(c_in: int, c_out: int) -> list[nn.Module]:
 
 class SmallCNN(nn.Module):
     """The SmallCNN of MaskTune's MNIST experiments (official ``src/models/simple_cnn.py``).
-    
-    Input 3×28×28, 3×3 convolutions without padding:
-    conv(3→16)-BN-ReLU → conv(16→16)-BN-ReLU → max-pool → conv(16→32)-BN-ReLU → conv(32→32)-BN-ReLU → max-pool
-    → flatten (32·4·4 = 512) → Linear(512→256)-BN-ReLU → Linear(256→num_classes).
-    The saliency target layer is the last ReLU of the convolutional part (``backbone[12]``, output 32×8×8).
+
+    Input 3×28×28, 3×3 convolutions without padding: conv(3→16)-BN-ReLU → conv(16→16)-BN-ReLU →
+    max-pool → conv(16→32)-BN-ReLU → conv(32→32)-BN-ReLU → max-pool → flatten (32·4·4 = 512) →
+    Linear(512→256)-BN-ReLU → Linear(256→num_classes). The saliency target layer is the last ReLU of
+    the convolutional part (``backbone[12]``, output 32×8×8).
     """
 
     def __init__(self, num_classes: int = 2, in_channels: int = 3):
         super().__init__()
         self.backbone = nn.Sequential(
-            *_conv(in_channels, 16), *_conv(16, 16), nn.MaxPool2d(2),
-            *_conv(16, 32), *_conv(32, 32), nn.MaxPool2d(2),
+            *_conv(in_channels, 16),
+            *_conv(16, 16),
+            nn.MaxPool2d(2),
+            *_conv(16, 32),
+            *_conv(32, 32),
+            nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        self.head = nn.Sequential(nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, num_classes)
+        )
 
     @property
     def cam_target_layer(self) -> nn.Module:
@@ -116,16 +136,24 @@ class SmallCNN(nn.Module):
 
 
 class FusionLeNet(nn.Module):
-    """The reference's "ModifiedLeNet": LeNet features of the grey image (no padding: 28→24→12→8→4), an 84-d
-    vector h, then one linear layer on the concatenation [h ; c] ∈ R^87. Colour reaches the logits only as
-    ``W_c c``. No dropout, no BatchNorm."""
+    """The reference's "ModifiedLeNet": LeNet features of the grey image (no padding: 28→24→12→8→4),
+    an 84-d vector h, then one linear layer on the concatenation [h ; c] ∈ R^87. Colour reaches the
+    logits only as ``W_c c``. No dropout, no BatchNorm."""
 
     def __init__(self, colour_dim: int = 3, num_classes: int = 10):
         super().__init__()
         self.image = nn.Sequential(
-            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+            nn.Conv2d(1, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 4 * 4, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
         )
         self.fc_color = nn.Linear(84 + colour_dim, num_classes)
 
@@ -138,16 +166,24 @@ class FusionLeNet(nn.Module):
 
 
 class MultiTaskEncoder(nn.Module):
-    """conv(3→16)-pool-conv(16→32)-pool-conv(32→32) → linear to ``feature_dim`` → ReLU = the features;
-    two linear heads (10 digits, 2 background families) used only while training the encoder."""
+    """conv(3→16)-pool-conv(16→32)-pool-conv(32→32) → linear to ``feature_dim`` → ReLU = the
+    features; two linear heads (10 digits, 2 background families) used only while training the
+    encoder."""
 
     def __init__(self, feature_dim: int = 32):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(32 * 7 * 7, feature_dim), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * 7 * 7, feature_dim),
+            nn.ReLU(),
         )
         self.digit_head = nn.Linear(feature_dim, 10)
         self.family_head = nn.Linear(feature_dim, 2)
@@ -179,7 +215,8 @@ class Adapter(nn.Module):
 
 
 class MarginHead(nn.Module):
-    """CAML head: ``h = ReLU(W1 z)``; returns ``cos(theta_j) = <h/|h|, W_j/|W_j|>`` for the two classes."""
+    """CAML head: ``h = ReLU(W1 z)``; returns ``cos(theta_j) = <h/|h|, W_j/|W_j|>`` for the two
+    classes."""
 
     def __init__(self, dim: int, hidden: int = 128):
         super().__init__()

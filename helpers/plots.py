@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,8 +16,14 @@ BOOK_WIDTH = 7.0
 def use_book_style() -> None:
     """Consistent, legible defaults for every chapter."""
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "axes.titleweight": "bold",
-                         "figure.autolayout": False})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 110,
+            "axes.titleweight": "bold",
+            "figure.autolayout": False,
+        }
+    )
 
 
 def _to_hwc(img: torch.Tensor) -> np.ndarray:
@@ -28,14 +34,27 @@ def _to_hwc(img: torch.Tensor) -> np.ndarray:
     return img.numpy()
 
 
-def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 10, *,
-               suptitle: str | None = None, cmap: str = "gray", cell: float = 0.7,
-               vmin: float | None = 0.0, vmax: float | None = 1.0):
-    """Show images (N, C, H, W) or (N, H, W) with values in [vmin, vmax] in a grid; returns the figure."""
+def image_grid(
+    images: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    ncols: int = 10,
+    *,
+    suptitle: str | None = None,
+    cmap: str = "gray",
+    cell: float = 0.7,
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+):
+    """Show images (N, C, H, W) or (N, H, W) with values in [vmin, vmax] in a grid; returns the
+    figure."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(min(BOOK_WIDTH, cell * ncols), cell * nrows * 1.15 + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(min(BOOK_WIDTH, cell * ncols), cell * nrows * 1.15 + 0.3),
+        squeeze=False,
+    )
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -48,9 +67,15 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols:
     return fig
 
 
-def training_curves(histories: Mapping[str, "object"], metrics: Sequence[str], *, titles: Sequence[str] | None = None,
-                    ylabels: Sequence[str] | None = None):
-    """One panel per metric, one line per run. ``histories`` maps a run name to a History or DataFrame."""
+def training_curves(
+    histories: Mapping[str, object],
+    metrics: Sequence[str],
+    *,
+    titles: Sequence[str] | None = None,
+    ylabels: Sequence[str] | None = None,
+):
+    """One panel per metric, one line per run. ``histories`` maps a run name to a History or
+    DataFrame."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(BOOK_WIDTH, 2.8), squeeze=False)
     for j, metric in enumerate(metrics):
         ax = axes[0, j]
@@ -69,17 +94,41 @@ def training_curves(histories: Mapping[str, "object"], metrics: Sequence[str], *
     return fig
 
 
-def heatmap(table: np.ndarray, *, xlabel: str, ylabel: str, title: str, xticklabels="auto", yticklabels="auto",
-            fmt: str = ".2f", vmin: float | None = 0.0, vmax: float | None = 1.0, cmap: str = "viridis",
-            ax=None, annot: bool = True, cbar_label: str | None = None):
+def heatmap(
+    table: np.ndarray,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    xticklabels="auto",
+    yticklabels="auto",
+    fmt: str = ".2f",
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+    cmap: str = "viridis",
+    ax=None,
+    annot: bool = True,
+    cbar_label: str | None = None,
+):
     """Annotated heatmap; NaN cells (empty groups) are left blank."""
     own = ax is None
     if own:
         size = min(BOOK_WIDTH, 0.55 * table.shape[1] + 2.2)
         fig, ax = plt.subplots(figsize=(size, min(6.0, 0.45 * table.shape[0] + 1.6)))
-    sns.heatmap(table, annot=annot, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, ax=ax, square=False,
-                xticklabels=xticklabels, yticklabels=yticklabels, annot_kws={"fontsize": 7},
-                cbar_kws={"label": cbar_label} if cbar_label else None)
+    sns.heatmap(
+        table,
+        annot=annot,
+        fmt=fmt,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        ax=ax,
+        square=False,
+        xticklabels=xticklabels,
+        yticklabels=yticklabels,
+        annot_kws={"fontsize": 7},
+        cbar_kws={"label": cbar_label} if cbar_label else None,
+    )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -94,22 +143,48 @@ def confusion_heatmap(cm: np.ndarray, *, title: str, class_names=None, ax=None):
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) if cm.max() > 1 else cm
     names = class_names if class_names is not None else list(range(cm.shape[0]))
-    return heatmap(norm, xlabel="predicted class", ylabel="true class", title=title, xticklabels=names,
-                   yticklabels=names, ax=ax, cmap="Blues", cbar_label="fraction of the row")
+    return heatmap(
+        norm,
+        xlabel="predicted class",
+        ylabel="true class",
+        title=title,
+        xticklabels=names,
+        yticklabels=names,
+        ax=ax,
+        cmap="Blues",
+        cbar_label="fraction of the row",
+    )
 
 
-def group_heatmap(table: np.ndarray, *, title: str, target_names=None, bias_names=None, ax=None,
-                  target_label: str = "target (digit)", bias_label: str = "bias attribute (colour)"):
+def group_heatmap(
+    table: np.ndarray,
+    *,
+    title: str,
+    target_names=None,
+    bias_names=None,
+    ax=None,
+    target_label: str = "target (digit)",
+    bias_label: str = "bias attribute (colour)",
+):
     """(target × bias) accuracy table, e.g. digit × background colour."""
-    return heatmap(table, xlabel=bias_label, ylabel=target_label, title=title,
-                   xticklabels=bias_names if bias_names is not None else "auto",
-                   yticklabels=target_names if target_names is not None else "auto", ax=ax,
-                   cbar_label="accuracy", cmap="magma")
+    return heatmap(
+        table,
+        xlabel=bias_label,
+        ylabel=target_label,
+        title=title,
+        xticklabels=bias_names if bias_names is not None else "auto",
+        yticklabels=target_names if target_names is not None else "auto",
+        ax=ax,
+        cbar_label="accuracy",
+        cmap="magma",
+    )
 
 
-def examples_per_group(y: torch.Tensor, bias: torch.Tensor, groups: Mapping[str, tuple[int, int]],
-                       n_each: int = 2) -> tuple[torch.Tensor, list[str]]:
-    """The first ``n_each`` indices of each named (target, bias) group, and a title per index (for galleries)."""
+def examples_per_group(
+    y: torch.Tensor, bias: torch.Tensor, groups: Mapping[str, tuple[int, int]], n_each: int = 2
+) -> tuple[torch.Tensor, list[str]]:
+    """The first ``n_each`` indices of each named (target, bias) group, and a title per index (for
+    galleries)."""
     idx, titles = [], []
     for name, (target, b) in groups.items():
         found = ((y == target) & (bias == b)).nonzero().flatten()[:n_each]
@@ -118,12 +193,20 @@ def examples_per_group(y: torch.Tensor, bias: torch.Tensor, groups: Mapping[str,
     return torch.tensor(idx, dtype=torch.long, device=y.device), titles
 
 
-def image_rows(rows: Sequence[tuple[str, torch.Tensor]], column_titles: Sequence[str], *, title: str,
-               heat: str = "saliency"):
-    """A gallery: one row per (name, images) pair, one column per example. Images are (N, 3, H, W) colour or
-    (N, H, W) maps in [0, 1]; rows whose name contains ``heat`` use a heat colour map, the others grey."""
+def image_rows(
+    rows: Sequence[tuple[str, torch.Tensor]],
+    column_titles: Sequence[str],
+    *,
+    title: str,
+    heat: str = "saliency",
+):
+    """A gallery: one row per (name, images) pair, one column per example. Images are (N, 3, H, W)
+    colour or (N, H, W) maps in [0, 1]; rows whose name contains ``heat`` use a heat colour map, the
+    others grey."""
     ncols = len(column_titles)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(BOOK_WIDTH, 0.9 * len(rows) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(BOOK_WIDTH, 0.9 * len(rows) + 0.5), squeeze=False
+    )
     for r, (name, images) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r, c]
@@ -131,8 +214,13 @@ def image_rows(rows: Sequence[tuple[str, torch.Tensor]], column_titles: Sequence
             if img.dim() == 3:
                 ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
             else:
-                ax.imshow(img.numpy(), cmap="inferno" if heat in name else "gray", vmin=0, vmax=1,
-                          interpolation="nearest")
+                ax.imshow(
+                    img.numpy(),
+                    cmap="inferno" if heat in name else "gray",
+                    vmin=0,
+                    vmax=1,
+                    interpolation="nearest",
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

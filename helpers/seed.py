@@ -18,7 +18,7 @@ def seed_everything(seed: int) -> torch.Generator:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - libraries that draw from numpy's global stream
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
     # cuBLAS needs this workspace setting for deterministic matmuls on CUDA.
@@ -31,5 +31,6 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def generator(seed: int) -> torch.Generator:
-    """A fresh CPU generator for one purpose (e.g. building a dataset), without touching global state."""
+    """A fresh CPU generator for one purpose (e.g. building a dataset), without touching global
+    state."""
     return torch.Generator().manual_seed(int(seed))

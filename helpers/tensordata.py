@@ -11,10 +11,11 @@ from helpers.seed import generator
 
 @dataclass
 class TensorData:
-    """Images ``x`` (N, C, H, W) float, targets ``y`` (N,) long, optional bias labels ``bias`` (N,) long.
+    """Images ``x`` (N, C, H, W) float, targets ``y`` (N,) long, optional bias labels ``bias`` (N,)
+    long.
 
-    ``extras`` holds further per-sample tensors a method needs (a colour vector, a second view, sample
-    weights); every tensor is indexed together, so ``data[idx]`` keeps them aligned.
+    ``extras`` holds further per-sample tensors a method needs (a colour vector, a second view,
+    sample weights); every tensor is indexed together, so ``data[idx]`` keeps them aligned.
     """
 
     x: torch.Tensor
@@ -38,7 +39,7 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, idx) -> "TensorData":
+    def __getitem__(self, idx) -> TensorData:
         return TensorData(
             self.x[idx],
             self.y[idx],
@@ -46,7 +47,9 @@ class TensorData:
             {k: v[idx] for k, v in self.extras.items()},
         )
 
-    def to(self, device, memory_format: torch.memory_format = torch.contiguous_format) -> "TensorData":
+    def to(
+        self, device, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> TensorData:
         """Copy to ``device``; images in ``memory_format`` (channels_last on CUDA)."""
         x = self.x.to(device)
         if x.dim() == 4:
@@ -63,9 +66,12 @@ class TensorData:
         return self.x.device
 
 
-def random_subset(n: int, size: int | None, seed: int, name: str = "size", minimum: int = 10) -> torch.Tensor:
-    """Sorted indices of a seeded random subset of ``size`` out of ``n`` rows (all rows when ``size`` is None or
-    at least ``n``); ``minimum`` (default: one image per class of a 10-class set) names ``name`` when violated."""
+def random_subset(
+    n: int, size: int | None, seed: int, name: str = "size", minimum: int = 10
+) -> torch.Tensor:
+    """Sorted indices of a seeded random subset of ``size`` out of ``n`` rows (all rows when
+    ``size`` is None or at least ``n``); ``minimum`` (default: one image per class of a 10-class
+    set) names ``name`` when violated."""
     if size is None or size >= n:
         return torch.arange(n)
     if size < minimum:

@@ -2,9 +2,10 @@
 
 Every chapter trains through :func:`fit`. A method supplies a *step function* that receives one
 :class:`Batch` and returns the scalars it wants logged; plain supervised training uses
-:func:`supervised_step`, multi-network methods (two models, two optimisers, alternating updates) write their
-own step and pass all their networks in ``modules``. Everything else (batching, shuffling, bf16 autocast on
-CUDA, progress bars, the per-epoch history, evaluation, early stopping, LR schedules) is shared.
+:func:`supervised_step`, multi-network methods (two models, two optimisers, alternating updates)
+write their own step and pass all their networks in ``modules``. Everything else (batching,
+shuffling, bf16 autocast on CUDA, progress bars, the per-epoch history, evaluation, early stopping,
+LR schedules) is shared.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -30,7 +32,8 @@ from helpers.tensordata import TensorData
 
 @dataclass
 class Batch:
-    """One mini-batch; ``idx`` are the rows of the training set it came from (for per-sample state)."""
+    """One mini-batch; ``idx`` are the rows of the training set it came from (for per-sample
+    state)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -47,7 +50,7 @@ EpochSampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
 class Callback(Protocol):
-    def on_epoch_end(self, epoch: int, row: dict, history: "History") -> bool | None:
+    def on_epoch_end(self, epoch: int, row: dict, history: History) -> bool | None:
         """Return True to stop training after this epoch."""
 
 
@@ -71,8 +74,8 @@ class History:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The settings every small head shares: Adam with ``lr`` and ``weight_decay``, ``epochs`` of batches of
-    ``batch_size`` in an order seeded by ``seed``. Checked once, here."""
+    """The settings every small head shares: Adam with ``lr`` and ``weight_decay``, ``epochs`` of
+    batches of ``batch_size`` in an order seeded by ``seed``. Checked once, here."""
 
     epochs: int
     batch_size: int
@@ -97,22 +100,23 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What every ``train_*`` function returns: the history, the epoch whose weights the model now holds, and
-    method-specific extras (e.g. JTT's error set)."""
+    """What every ``train_*`` function returns: the history, the epoch whose weights the model now
+    holds, and method-specific extras (e.g. JTT's error set)."""
 
     history: History
     best_epoch: int
     extras: dict = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------------ samplers
+# ----------------------------------------------------------------------------------------- samplers
 def shuffled(n: int, gen: torch.Generator) -> torch.Tensor:
     """Default epoch order: a uniform permutation."""
     return torch.randperm(n, generator=gen)
 
 
 def class_balanced(labels: torch.Tensor) -> EpochSampler:
-    """Epoch order drawing each class equally often (with replacement), epoch length = len(labels)."""
+    """Epoch order drawing each class equally often (with replacement), epoch length =
+    len(labels)."""
     labels = labels.cpu()
     weights = 1.0 / torch.bincount(labels).float()[labels]
 
@@ -132,10 +136,11 @@ def weighted(weights: torch.Tensor) -> EpochSampler:
     return sample
 
 
-# --------------------------------------------------------------------------------------------------- loop
+# --------------------------------------------------------------------------------------------- loop
 def progress_enabled() -> bool:
-    """Progress bars are on unless ``TQDM_DISABLE`` is set (the book runner sets it: a static page cannot
-    render widget progress bars, and the per-epoch history tables carry the same information)."""
+    """Progress bars are on unless ``TQDM_DISABLE`` is set (the book runner sets it: a static page
+    cannot render widget progress bars, and the per-epoch history tables carry the same
+    information)."""
     return os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
 
 
@@ -158,14 +163,15 @@ def fit(
 ) -> History:
     """Train for ``epochs`` epochs over ``train`` (already on the training device).
 
-    Each epoch draws an index order from ``sampler`` with a generator seeded from ``seed`` (so batch order is
-    reproducible and independent of other random draws), cuts it into batches of ``batch_size`` and calls
-    ``step`` on each inside :func:`helpers.device.autocast` (bf16 on CUDA GPUs that support it; models in
-    channels_last on CUDA). A final batch smaller than ``min_batch`` is dropped (some
-    estimators, e.g. unbiased HSIC, are undefined on tiny batches); ``drop_last`` drops any incomplete one.
-    Scalars returned by ``step`` are averaged over the epoch (weighted by batch size); ``evaluate()`` runs
-    after each epoch with the modules in eval mode; ``schedulers`` step once per epoch; a callback returning
-    True stops training. ``progress=None`` follows :func:`progress_enabled`.
+    Each epoch draws an index order from ``sampler`` with a generator seeded from ``seed`` (so batch
+    order is reproducible and independent of other random draws), cuts it into batches of
+    ``batch_size`` and calls ``step`` on each inside :func:`helpers.device.autocast` (bf16 on CUDA
+    GPUs that support it; models in channels_last on CUDA). A final batch smaller than ``min_batch``
+    is dropped (some estimators, e.g. unbiased HSIC, are undefined on tiny batches); ``drop_last``
+    drops any incomplete one. Scalars returned by ``step`` are averaged over the epoch (weighted by
+    batch size); ``evaluate()`` runs after each epoch with the modules in eval mode; ``schedulers``
+    step once per epoch; a callback returning True stops training. ``progress=None`` follows
+    :func:`progress_enabled`.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -178,7 +184,9 @@ def fit(
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     schedulers, callbacks = list(schedulers), list(callbacks)
     device = train.device
-    if device.type == "cuda":  # conv weights in the channels_last layout of the images (see to_device)
+    if (
+        device.type == "cuda"
+    ):  # conv weights in the channels_last layout of the images (see to_device)
         for m in modules:
             prepare_model(m, device)
     gen = torch.Generator().manual_seed(int(seed))
@@ -189,8 +197,10 @@ def fit(
     keep_last = last > 0 and not drop_last and last >= min_batch
     n_batches = full_batches + int(keep_last)
     if n_batches == 0:
-        raise ValueError(f"no batch left: {n} samples, batch_size={batch_size}, min_batch={min_batch}, "
-                         f"drop_last={drop_last}")
+        raise ValueError(
+            f"no batch left: {n} samples, batch_size={batch_size}, min_batch={min_batch}, "
+            f"drop_last={drop_last}"
+        )
 
     bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
@@ -203,15 +213,20 @@ def fit(
         for b in tqdm(range(n_batches), desc=f"epoch {epoch}", leave=False, disable=not progress):
             idx = order[b * batch_size : (b + 1) * batch_size]
             batch = Batch(
-                train.x[idx], train.y[idx], None if train.bias is None else train.bias[idx],
-                {k: v[idx] for k, v in train.extras.items()}, idx,
+                train.x[idx],
+                train.y[idx],
+                None if train.bias is None else train.bias[idx],
+                {k: v[idx] for k, v in train.extras.items()},
+                idx,
             )
             with autocast(device):
                 logged = step(batch)
             k = len(idx)
             seen += k
             for name, value in logged.items():
-                value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+                value = (
+                    value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+                )
                 sums[name] = sums.get(name, 0.0) + value * k  # stays on device: no sync per step
         row = {"epoch": epoch, **{name: float(s) / seen for name, s in sums.items()}}
         for sched in schedulers:
@@ -223,7 +238,9 @@ def fit(
                 row.update({k: float(v) for k, v in evaluate().items()})
         row["time_s"] = time.perf_counter() - t0
         history.rows.append(row)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False)
+        bar.set_postfix(
+            {k: f"{v:.3f}" for k, v in row.items() if k not in ("epoch", "time_s")}, refresh=False
+        )
         if any(cb.on_epoch_end(epoch, row, history) for cb in callbacks):
             history.stopped_early = epoch < epochs
             break
@@ -232,10 +249,14 @@ def fit(
     return history
 
 
-# ------------------------------------------------------------------------------------------ standard steps
-def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> StepFn:
-    """Plain ERM: one forward, ``loss_fn(logits, y)``, one optimiser step. Logs loss and accuracy."""
+# ----------------------------------------------------------------------------------- standard steps
+def supervised_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> StepFn:
+    """Plain ERM: one forward, ``loss_fn(logits, y)``, one optimiser step. Logs loss and
+    accuracy."""
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         logits = model(batch.x)
@@ -249,12 +270,18 @@ def supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def predict(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: TensorData | torch.Tensor,
-            batch_size: int = 1024, mixed_precision: bool = False) -> torch.Tensor:
-    """Float32 logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is restored).
+def predict(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    data: TensorData | torch.Tensor,
+    batch_size: int = 1024,
+    mixed_precision: bool = False,
+) -> torch.Tensor:
+    """Float32 logits of ``model`` on all of ``data`` in eval mode (the model's previous mode is
+    restored).
 
-    Accuracies, dev losses, early stopping and model selection all read these logits, so they are computed
-    with autocast off (also inside a step); ``mixed_precision=True`` uses the training autocast instead.
+    Accuracies, dev losses, early stopping and model selection all read these logits, so they are
+    computed with autocast off (also inside a step); ``mixed_precision=True`` uses the training
+    autocast instead.
     """
     x = data.x if isinstance(data, TensorData) else data
     with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
@@ -270,7 +297,7 @@ def accuracy_on(model: nn.Module, data: TensorData, batch_size: int = 1024) -> f
     return accuracy(data.y, predict(model, data, batch_size).argmax(1))
 
 
-# ------------------------------------------------------------------------------------------------ callbacks
+# ---------------------------------------------------------------------------------------- callbacks
 class EarlyStopping:
     """Stop when ``monitor`` has not improved for ``patience`` epochs (``mode`` 'max' or 'min')."""
 
@@ -283,7 +310,11 @@ class EarlyStopping:
 
     def on_epoch_end(self, epoch: int, row: dict, history: History) -> bool:
         value = row[self.monitor]
-        improved = value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+        improved = (
+            value > self.best + self.min_delta
+            if self.mode == "max"
+            else value < self.best - self.min_delta
+        )
         if improved:
             self.best, self.bad_epochs = value, 0
         else:
@@ -292,7 +323,8 @@ class EarlyStopping:
 
 
 class KeepBest:
-    """Remember the modules' weights at the epoch with the best ``monitor`` value; ``restore()`` loads them."""
+    """Remember the modules' weights at the epoch with the best ``monitor`` value; ``restore()``
+    loads them."""
 
     def __init__(self, modules: nn.Module | Sequence[nn.Module], monitor: str, mode: str = "max"):
         self.modules = [modules] if isinstance(modules, nn.Module) else list(modules)
@@ -303,7 +335,9 @@ class KeepBest:
         value = row[self.monitor]
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
             self.best, self.best_epoch = value, epoch
-            self.states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules]
+            self.states = [
+                {k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules
+            ]
 
     def restore(self) -> int:
         """Load the best weights back; return the selected epoch."""
@@ -315,5 +349,6 @@ class KeepBest:
 
 
 def to_device(data: TensorData, device) -> TensorData:
-    """Move a dataset to ``device`` in the device's preferred image layout (channels_last on CUDA)."""
+    """Move a dataset to ``device`` in the device's preferred image layout (channels_last on
+    CUDA)."""
     return data.to(device, memory_format(device))

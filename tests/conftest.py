@@ -10,7 +10,8 @@ def mnist():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``@pytest.mark.cuda`` tests where there is no CUDA GPU (benchmarks/gpu_check.sh runs them)."""
+    """Skip ``@pytest.mark.cuda`` tests where there is no CUDA GPU (benchmarks/gpu_check.sh runs
+    them)."""
     import torch
 
     if torch.cuda.is_available():

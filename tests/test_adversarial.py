@@ -10,9 +10,13 @@ from helpers.models import LeNet
 
 def _toy(n):
     """Coloured-background digits in [-1, 1], as the pairing chapter attacks them."""
-    raw = (torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).to(torch.uint8) * 255
+    raw = (torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).to(
+        torch.uint8
+    ) * 255
     y = torch.arange(n) % 10
-    return B.colour_split(raw, y, "pure", torch.Generator().manual_seed(1), biased_digits=B.BIASED_DIGITS)
+    return B.colour_split(
+        raw, y, "pure", torch.Generator().manual_seed(1), biased_digits=B.BIASED_DIGITS
+    )
 
 
 def test_attacks_restore_mode_and_stay_in_range():
@@ -22,7 +26,7 @@ def test_attacks_restore_mode_and_stay_in_range():
     x_adv = A.fgsm(m, data.x, data.y, 0.3, keep_misclassified=False)
     assert m.training
     assert x_adv.min() >= -1 - 1e-6 and x_adv.max() <= 1 + 1e-6
-    assert (x_adv - data.x).abs().max() <= 0.6 + 1e-5                 # ε 0.3 in [0,1] units = 0.6 in [-1,1]
+    assert (x_adv - data.x).abs().max() <= 0.6 + 1e-5  # ε 0.3 in [0,1] units = 0.6 in [-1,1]
     assert torch.equal(A.fgsm(m, data.x, data.y, 0.0), data.x)
     cw = A.cw_l2(m, data.x[:4], data.y[:4], max_iter=2, binary_search_steps=1)
     assert m.training and cw.shape == data.x[:4].shape

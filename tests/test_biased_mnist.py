@@ -4,7 +4,9 @@ import torch
 from helpers.data import biased_mnist as bm
 
 
-@pytest.mark.parametrize("rho, expected", [(0.999, 63), (0.997, 184), (0.995, 305), (0.99, 606)])
+@pytest.mark.parametrize(
+    ("rho", "expected"), [(0.999, 63), (0.997, 184), (0.995, 305), (0.99, 606)]
+)
 def test_exact_conflicting_counts(mnist, rho, expected):
     labels = mnist["train_y"]
     colours = bm.assign_colours(labels, rho, gen=torch.Generator().manual_seed(3))
@@ -41,7 +43,10 @@ def test_eval_sets_and_confusing_labels(mnist):
     assert set(offsets.tolist()) <= {1, 2}
 
 
-@pytest.mark.parametrize("kwargs, name", [({"rho": 1.5}, "rho"), ({"rho": 0.5, "n_confusing_labels": 0}, "n_confusing_labels")])
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"rho": 1.5}, "rho"), ({"rho": 0.5, "n_confusing_labels": 0}, "n_confusing_labels")],
+)
 def test_invalid_arguments_name_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         bm.assign_colours(torch.arange(10), **kwargs)

@@ -1,7 +1,6 @@
 """The book renders from the executed chapters, and chapter 01's page carries its figures."""
 
 import re
-import shutil
 
 import pytest
 

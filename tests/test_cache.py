@@ -12,7 +12,8 @@ from helpers.cache import cached_run, checkpoint_path
 
 
 class _RunsCode:
-    """Unpickling this calls ``os.mkdir(marker)``: proof that code ran (``weights_only=True`` must refuse it)."""
+    """Unpickling this calls ``os.mkdir(marker)``: proof that code ran (``weights_only=True`` must
+    refuse it)."""
 
     def __init__(self, marker):
         self.marker = marker
@@ -22,7 +23,8 @@ class _RunsCode:
 
 
 def _with_sidecar(path, data: bytes) -> None:
-    """Write ``data`` as the checkpoint with a *matching* SHA-256 sidecar: only loading can tell it is bad."""
+    """Write ``data`` as the checkpoint with a *matching* SHA-256 sidecar: only loading can tell it
+    is bad."""
     path.write_bytes(data)
     path.with_suffix(".sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
 
@@ -33,8 +35,12 @@ def _blob(obj) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong tensors", "malicious pickle", "not a checkpoint"])
-def test_unloadable_checkpoint_is_named_moved_aside_and_retrained(tmp_path, monkeypatch, capsys, damage):
+@pytest.mark.parametrize(
+    "damage", ["truncated", "wrong tensors", "malicious pickle", "not a checkpoint"]
+)
+def test_unloadable_checkpoint_is_named_moved_aside_and_retrained(
+    tmp_path, monkeypatch, capsys, damage
+):
     monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)
     config = {"case": damage}
     model = nn.Linear(3, 2)
@@ -44,27 +50,38 @@ def test_unloadable_checkpoint_is_named_moved_aside_and_retrained(tmp_path, monk
     good = path.read_bytes()
     data = {
         "truncated": good[: len(good) // 2],
-        "wrong tensors": _blob({"config": "{}", "state": {"m": nn.Linear(5, 7).state_dict()}, "extra": {}}),
-        "malicious pickle": _blob({"config": "{}", "state": {"m": _RunsCode(str(marker))}, "extra": {}}),
+        "wrong tensors": _blob(
+            {"config": "{}", "state": {"m": nn.Linear(5, 7).state_dict()}, "extra": {}}
+        ),
+        "malicious pickle": _blob(
+            {"config": "{}", "state": {"m": _RunsCode(str(marker))}, "extra": {}}
+        ),
         "not a checkpoint": _blob([1, 2, 3]),
     }[damage]
     _with_sidecar(path, data)
     capsys.readouterr()
     calls = []
-    out = cached_run("net", config, {"m": nn.Linear(3, 2)}, lambda: calls.append(1) or {"ok": 2}, root=tmp_path)
+    out = cached_run(
+        "net", config, {"m": nn.Linear(3, 2)}, lambda: calls.append(1) or {"ok": 2}, root=tmp_path
+    )
     message = capsys.readouterr().out
     assert not marker.exists(), "unpickling the checkpoint ran code"
     assert calls and not out["from_cache"] and out["ok"] == 2
     assert path.name in message and "cannot be loaded" in message
     aside = [p for p in tmp_path.rglob("*") if p.name.startswith(path.name) and p != path]
-    assert len(aside) == 1 and aside[0].read_bytes() == data, "the bad file must be kept aside, not deleted"
+    assert len(aside) == 1 and aside[0].read_bytes() == data, (
+        "the bad file must be kept aside, not deleted"
+    )
     # the retrained checkpoint replaced it and loads again
-    again = cached_run("net", config, {"m": nn.Linear(3, 2)}, lambda: calls.append(1) or {}, root=tmp_path)
+    again = cached_run(
+        "net", config, {"m": nn.Linear(3, 2)}, lambda: calls.append(1) or {}, root=tmp_path
+    )
     assert again["from_cache"] and again["ok"] == 2 and len(calls) == 1
 
 
 def test_partly_loaded_modules_are_restored_before_retraining(tmp_path, monkeypatch):
-    """Two modules, the second one's tensors wrong: the first must not keep the checkpoint's weights."""
+    """Two modules, the second one's tensors wrong: the first must not keep the checkpoint's
+    weights."""
     monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)
     torch.manual_seed(0)
     a, b = nn.Linear(3, 2), nn.Linear(3, 2)
@@ -76,8 +93,13 @@ def test_partly_loaded_modules_are_restored_before_retraining(tmp_path, monkeypa
     fresh_a = nn.Linear(3, 2)
     initial = {n: t.clone() for n, t in fresh_a.state_dict().items()}
     seen = {}
-    cached_run("pair", {}, {"a": fresh_a, "b": nn.Linear(3, 2)},
-               lambda: seen.update({n: t.clone() for n, t in fresh_a.state_dict().items()}) or {}, root=tmp_path)
+    cached_run(
+        "pair",
+        {},
+        {"a": fresh_a, "b": nn.Linear(3, 2)},
+        lambda: seen.update({n: t.clone() for n, t in fresh_a.state_dict().items()}) or {},
+        root=tmp_path,
+    )
     assert all(torch.equal(seen[n], initial[n]) for n in initial)
 
 
@@ -107,8 +129,9 @@ def _dead_pid() -> int:
 
 
 def test_temp_files_of_a_killed_save_are_cleaned_next_time(tmp_path, monkeypatch):
-    """SIGKILL during save_checkpoint leaves ``.<name>.<random>.<pid>.tmp``: the next write or read of the folder
-    deletes it once its process is gone and it is old; a fresh one or a live writer's is kept."""
+    """SIGKILL during save_checkpoint leaves ``.<name>.<random>.<pid>.tmp``: the next write or read
+    of the folder deletes it once its process is gone and it is old; a fresh one or a live writer's
+    is kept."""
     import time
 
     from helpers.cache import atomic_write_text, checkpoint_dir
@@ -119,13 +142,23 @@ def test_temp_files_of_a_killed_save_are_cleaned_next_time(tmp_path, monkeypatch
     stale = folder / f".net-0123.pt.abcd1234.{dead}.tmp"
     fresh_dead = folder / f".net-4567.pt.efgh5678.{dead}.tmp"
     live = folder / f".net-89ab.pt.ijkl9012.{os.getpid()}.tmp"
-    old_style, old_style_recent = folder / ".net-cdef.pt.k2j4h5g6.tmp", folder / ".net-cdf0.pt.a1b2c3d4.tmp"
+    old_style, old_style_recent = (
+        folder / ".net-cdef.pt.k2j4h5g6.tmp",
+        folder / ".net-cdf0.pt.a1b2c3d4.tmp",
+    )
     for f in (stale, fresh_dead, live, old_style, old_style_recent):
         f.write_bytes(b"x" * 1000)
     hour_ago, two_days_ago = time.time() - 3600, time.time() - 2 * 86400
-    for f, t in ((stale, hour_ago), (live, hour_ago), (old_style, two_days_ago), (old_style_recent, hour_ago)):
+    for f, t in (
+        (stale, hour_ago),
+        (live, hour_ago),
+        (old_style, two_days_ago),
+        (old_style_recent, hour_ago),
+    ):
         os.utime(f, (t, t))
-    cached_run("other", {}, {"m": nn.Linear(2, 2)}, lambda: {}, root=tmp_path)  # reads, then writes the folder
+    cached_run(
+        "other", {}, {"m": nn.Linear(2, 2)}, lambda: {}, root=tmp_path
+    )  # reads, then writes the folder
     assert not stale.exists() and fresh_dead.exists() and live.exists()
     assert not old_style.exists() and old_style_recent.exists()
     # a writer's own temporary files are named so that this works: .<name>.<random>.<pid>.tmp
@@ -133,4 +166,8 @@ def test_temp_files_of_a_killed_save_are_cleaned_next_time(tmp_path, monkeypatch
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: seen.append(str(a)) or real_replace(a, b))
     atomic_write_text(folder / "x.json", "{}")
-    assert seen and seen[0].endswith(f".{os.getpid()}.tmp") and os.path.basename(seen[0]).startswith(".x.json.")
+    assert (
+        seen
+        and seen[0].endswith(f".{os.getpid()}.tmp")
+        and os.path.basename(seen[0]).startswith(".x.json.")
+    )

@@ -2,11 +2,10 @@ import math
 
 import pytest
 import torch
-
-from helpers.models import Adapter, MarginHead
 import torch.nn.functional as F
 
 from helpers.methods import caml as C
+from helpers.models import Adapter, MarginHead
 from helpers.tensordata import TensorData
 from helpers.train import TrainConfig
 
@@ -90,7 +89,9 @@ def test_stage1_selects_by_train_accuracy():
     tr = _toy()
     torch.manual_seed(0)
     a = Adapter(6)
-    result = C.train_adapter(a, tr, TrainConfig(epochs=4, batch_size=64, lr=1e-2, weight_decay=0.1, seed=0))
+    result = C.train_adapter(
+        a, tr, TrainConfig(epochs=4, batch_size=64, lr=1e-2, weight_decay=0.1, seed=0)
+    )
     accs = result.history.column("select_acc")
     assert result.best_epoch == 1 + max(range(len(accs)), key=lambda i: (accs[i], -i))
     assert Adapter(6).features(tr.x).norm(dim=1).allclose(torch.ones(len(tr)), atol=1e-5)

@@ -1,4 +1,6 @@
-"""Chapter 06 through the user-folder code path: the notebook on a tiny generated feature folder (smoke size)."""
+"""Chapter 06 through the user-folder code path: the notebook on a tiny generated feature folder
+(smoke size)."""
+
 import json
 
 import papermill as pm
@@ -11,16 +13,37 @@ def test_notebook_runs_on_a_user_feature_folder(tmp_path, monkeypatch):
     folder = make_tiny_feature_folder(tmp_path / "my_waterbirds_feats", seed=0)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setenv("SHORTCUT_BOOK_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(tmp_path / "cache"))  # checkpoints of this run stay in tmp
+    monkeypatch.setenv(
+        "SHORTCUT_BOOK_DATA", str(tmp_path / "cache")
+    )  # checkpoints of this run stay in tmp
     out = tmp_path / "06_caml_user.ipynb"
-    pm.execute_notebook(str(runner.NOTEBOOKS / "06_caml.ipynb"), str(out), kernel_name="python3", progress_bar=False,
-                        cwd=str(runner.NOTEBOOKS),
-                        parameters={"profile": "smoke", "seeds": [1, 2], "epochs": 2, "batch_size": 32,
-                                    "feature_folder": str(folder)})
+    pm.execute_notebook(
+        str(runner.NOTEBOOKS / "06_caml.ipynb"),
+        str(out),
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(runner.NOTEBOOKS),
+        parameters={
+            "profile": "smoke",
+            "seeds": [1, 2],
+            "epochs": 2,
+            "batch_size": 32,
+            "feature_folder": str(folder),
+        },
+    )
     text = out.read_text()
     assert "my_waterbirds_feats" in text and "offline feature folder" not in text
     record = json.loads((tmp_path / "results" / "06_caml.json").read_text())
     assert record["metrics"]["data_source"] == "my_waterbirds_feats"
-    assert set(record["metrics"]["table"]) >= {"ERM", "CAML", "JTT", "LfF", "DFR", "GroupDRO (oracle)"}
+    assert set(record["metrics"]["table"]) >= {
+        "ERM",
+        "CAML",
+        "JTT",
+        "LfF",
+        "DFR",
+        "GroupDRO (oracle)",
+    }
     nb = json.loads(text)
-    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    assert not any(
+        o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])
+    )

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from helpers.models import FusionLeNet
-
 from helpers.data import colored_mnist as cm
+from helpers.models import FusionLeNet
 
 
 @pytest.fixture(scope="module")
@@ -12,14 +11,23 @@ def small(mnist):
 
 
 def test_sizes_split_and_shapes(small, mnist):
-    assert len(small["train"]) == 2000 and len(small["val_gray"]) == 500 and len(small["test_conflicting"]) == 600
+    assert (
+        len(small["train"]) == 2000
+        and len(small["val_gray"]) == 500
+        and len(small["test_conflicting"]) == 600
+    )
     for name, d in small.sets.items():
         assert d.x.shape[1:] == (1, 28, 28) and d.extras["colour"].shape == (len(d), 3), name
-        assert 0.0 <= float(d.x.min()) and float(d.x.max()) <= 1.0
-        assert 0.0 <= float(d.extras["colour"].min()) and float(d.extras["colour"].max()) <= 1.0
+        assert float(d.x.min()) >= 0.0 and float(d.x.max()) <= 1.0
+        assert float(d.extras["colour"].min()) >= 0.0 and float(d.extras["colour"].max()) <= 1.0
     full = cm.build_colored_mnist(seed=3)
-    assert len(full["train"]) == 48_000 and len(full["val_colored"]) == 12_000 and len(full["test_gray"]) == 10_000
-    # train and val are disjoint parts of the 60k training images: together they hold each label count once
+    assert (
+        len(full["train"]) == 48_000
+        and len(full["val_colored"]) == 12_000
+        and len(full["test_gray"]) == 10_000
+    )
+    # train and val are disjoint parts of the 60k training images: together they hold each label
+    # count once
     counts = torch.bincount(torch.cat([full["train"].y, full["val_gray"].y]), minlength=10)
     assert torch.equal(counts, torch.bincount(mnist["train_y"], minlength=10))
 
@@ -42,7 +50,9 @@ def test_conflicting_set_carries_another_class_colour(small):
     assert bool((d.bias != d.y).all())
     assert torch.equal(d.x, col.x) and torch.equal(d.y, col.y)
     nearest = torch.cdist(d.extras["colour"], small.table).argmin(1)
-    assert float((nearest == d.bias).float().mean()) > 0.5  # most colours are closest to the other class's
+    assert (
+        float((nearest == d.bias).float().mean()) > 0.5
+    )  # most colours are closest to the other class's
     offsets = torch.bincount((d.bias - d.y) % 10, minlength=10)
     assert offsets[0] == 0 and bool((offsets[1:] > 30).all())  # uniform over the other nine
 
@@ -51,12 +61,16 @@ def test_deterministic_per_seed(mnist):
     a = cm.build_colored_mnist(seed=1, train_size=300, val_size=100, test_size=100)
     b = cm.build_colored_mnist(seed=1, train_size=300, val_size=100, test_size=100)
     c = cm.build_colored_mnist(seed=2, train_size=300, val_size=100, test_size=100)
-    assert torch.equal(a.table, b.table) and torch.equal(a["train"].extras["colour"], b["train"].extras["colour"])
+    assert torch.equal(a.table, b.table) and torch.equal(
+        a["train"].extras["colour"], b["train"].extras["colour"]
+    )
     assert not torch.equal(a.table, c.table)
 
 
 def test_min_colour_distance():
-    table = torch.tensor([[0.0, 0, 0], [1, 1, 1], [0.1, 0, 0]] + [[0.5 + 0.04 * i, 0.9, 0.1] for i in range(7)])
+    table = torch.tensor(
+        [[0.0, 0, 0], [1, 1, 1], [0.1, 0, 0]] + [[0.5 + 0.04 * i, 0.9, 0.1] for i in range(7)]
+    )
     d, i, j = cm.min_colour_distance(table)
     assert d == pytest.approx(0.04, abs=1e-5) and i >= 3 and j == i + 1
 

@@ -11,12 +11,23 @@ from helpers.data.extract_features import ExtractionError, main, run
 from helpers.data.feature_folder import load_feature_folder
 
 # (split, y, place) -> count; val is unbalanced on purpose (smallest group: 2)
-LAYOUT = {(0, 0, 0): 3, (0, 0, 1): 1, (0, 1, 0): 1, (0, 1, 1): 2,
-          (1, 0, 0): 3, (1, 0, 1): 2, (1, 1, 0): 2, (1, 1, 1): 4,
-          (2, 0, 0): 1, (2, 0, 1): 2, (2, 1, 0): 1, (2, 1, 1): 1}
+LAYOUT = {
+    (0, 0, 0): 3,
+    (0, 0, 1): 1,
+    (0, 1, 0): 1,
+    (0, 1, 1): 2,
+    (1, 0, 0): 3,
+    (1, 0, 1): 2,
+    (1, 1, 0): 2,
+    (1, 1, 1): 4,
+    (2, 0, 0): 1,
+    (2, 0, 1): 2,
+    (2, 1, 0): 1,
+    (2, 1, 1): 1,
+}
 
 
-@pytest.fixture()
+@pytest.fixture
 def image_dir(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "images"
@@ -27,9 +38,19 @@ def image_dir(tmp_path):
         for k in range(n):
             name = f"{split}_{y}/img_{place}_{k}.png"
             size = (40 + 3 * k, 36)  # images of different sizes are resized
-            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(root / name)
-            rows.append({"img_id": len(rows), "img_filename": name, "y": y, "split": split, "place": place,
-                         "place_filename": "x"})
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+                root / name
+            )
+            rows.append(
+                {
+                    "img_id": len(rows),
+                    "img_filename": name,
+                    "y": y,
+                    "split": split,
+                    "place": place,
+                    "place_filename": "x",
+                }
+            )
     with open(root / "metadata.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -39,11 +60,28 @@ def image_dir(tmp_path):
 
 def test_writes_exact_feature_folder(image_dir, tmp_path):
     out = tmp_path / "feats"
-    assert main([str(image_dir), str(out), "--weights", "random", "--device", "cpu", "--image-size", "32",
-                 "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                str(image_dir),
+                str(out),
+                "--weights",
+                "random",
+                "--device",
+                "cpu",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["checksums.json", "meta.json"]
-                           + [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")])
+    assert names == sorted(
+        ["checksums.json", "meta.json"]
+        + [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")]
+    )
     sizes = {"train": 7, "val": 8, "test": 5}
     for split, n in sizes.items():
         f = np.load(out / f"{split}_feats.npy")
@@ -82,8 +120,12 @@ def test_errors_name_the_file(image_dir, tmp_path):
 
 
 def test_module_entry_point_help():
-    proc = subprocess.run([sys.executable, "-m", "helpers.data.extract_features", "--help"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "helpers.data.extract_features", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0
     assert "--weights {imagenet,random}" in proc.stdout and "IMAGES_DIR" not in proc.stderr
 
@@ -110,7 +152,8 @@ def _hub_file(tmp_path, monkeypatch):
 
 
 def test_hand_placed_imagenet_weights_with_wrong_hash_are_refused_unread(tmp_path, monkeypatch):
-    """A file at torchvision's cache path is not trusted: its SHA-256 prefix is checked before it is opened."""
+    """A file at torchvision's cache path is not trusted: its SHA-256 prefix is checked before it is
+    opened."""
     import torch
 
     from helpers.data.extract_features import build_encoder
@@ -118,14 +161,16 @@ def test_hand_placed_imagenet_weights_with_wrong_hash_are_refused_unread(tmp_pat
     path = _hub_file(tmp_path, monkeypatch)
     marker = tmp_path / "code-ran"
     torch.save({"conv1.weight": _RunsCode(str(marker))}, path)
-    with pytest.raises(ExtractionError, match=rf"{path.name}: SHA-256 .* does not start with f37072fd"):
+    with pytest.raises(
+        ExtractionError, match=rf"{path.name}: SHA-256 .* does not start with f37072fd"
+    ):
         build_encoder("imagenet", 0, "cpu")
     assert not marker.exists(), "loading the weights file ran code"
 
 
 def test_imagenet_weights_are_loaded_without_pickle_code(tmp_path, monkeypatch):
-    """Even a file whose hash prefix matches is read with weights_only=True: a pickle with code is refused, a plain
-    state dict is loaded into the encoder."""
+    """Even a file whose hash prefix matches is read with weights_only=True: a pickle with code is
+    refused, a plain state dict is loaded into the encoder."""
     import torch
     import torchvision
 
@@ -154,7 +199,10 @@ def test_overwrite_leaves_an_unrelated_folder_alone(image_dir, tmp_path, capsys)
     (out / "chapters").mkdir(parents=True)
     (out / "thesis.tex").write_text("\\chapter{One}\n")
     (out / "chapters" / "one.tex").write_text("text\n")
-    assert main([str(image_dir), str(out), "--weights", "random", "--image-size", "32", "--overwrite"]) == 2
+    assert (
+        main([str(image_dir), str(out), "--weights", "random", "--image-size", "32", "--overwrite"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{out} is not a feature folder" in err and "nothing was deleted" in err
     assert (out / "thesis.tex").is_file() and (out / "chapters" / "one.tex").is_file()

@@ -15,20 +15,26 @@ from helpers.data.feature_folder import (
 )
 
 
-@pytest.fixture()
+@pytest.fixture
 def tiny(tmp_path):
     return make_tiny_feature_folder(tmp_path / "tiny", seed=3)
 
 
 def test_tiny_folder_round_trip(tiny):
     names = sorted(p.name for p in tiny.iterdir())
-    expected = sorted([f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")]
-                      + ["checksums.json", "meta.json"])
+    expected = sorted(
+        [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")]
+        + ["checksums.json", "meta.json"]
+    )
     assert names == expected
     splits = load_feature_folder(tiny)
     assert set(splits) == {"train", "val", "test"}
     tr = splits["train"]
-    assert tr.feats.dtype == torch.float32 and tr.targets.dtype == torch.long and tr.bias.dtype == torch.long
+    assert (
+        tr.feats.dtype == torch.float32
+        and tr.targets.dtype == torch.long
+        and tr.bias.dtype == torch.long
+    )
     assert tr.group_counts() == [120, 12, 6, 40]
     assert splits["val"].group_counts() == [10, 10, 10, 10]
     assert torch.equal(tr.groups, 2 * tr.targets + tr.bias)
@@ -83,18 +89,36 @@ def _corrupt(folder, name, arr):
     np.save(folder / name, arr)
 
 
-@pytest.mark.parametrize("name, make, pattern", [
-    ("train_feats.npy", lambda a: a[:-1], "train_targets.npy has 178 rows but train_feats.npy has 177"),
-    ("val_feats.npy", lambda a: a[:, :-1], "val_feats.npy has D = 15"),
-    ("test_feats.npy", lambda a: a.astype(np.int64), "test_feats.npy: features must be floating point"),
-    ("test_feats.npy", lambda a: a[:, 0], r"test_feats.npy: features must have shape \(N, D\)"),
-    ("train_feats.npy", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a),
-     "train_feats.npy: features contain NaN"),
-    ("train_targets.npy", lambda a: a * 2, "train_targets.npy: targets must be binary"),
-    ("test_targets.npy", lambda a: a + 0.5, "test_targets.npy: targets must hold whole numbers"),
-    ("val_bias.npy", lambda a: a + 1, "val_bias.npy: bias must be binary"),
-    ("test_bias.npy", lambda a: a.astype(str), "test_bias.npy: bias must be numeric"),
-])
+@pytest.mark.parametrize(
+    ("name", "make", "pattern"),
+    [
+        (
+            "train_feats.npy",
+            lambda a: a[:-1],
+            "train_targets.npy has 178 rows but train_feats.npy has 177",
+        ),
+        ("val_feats.npy", lambda a: a[:, :-1], "val_feats.npy has D = 15"),
+        (
+            "test_feats.npy",
+            lambda a: a.astype(np.int64),
+            "test_feats.npy: features must be floating point",
+        ),
+        ("test_feats.npy", lambda a: a[:, 0], r"test_feats.npy: features must have shape \(N, D\)"),
+        (
+            "train_feats.npy",
+            lambda a: np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a),
+            "train_feats.npy: features contain NaN",
+        ),
+        ("train_targets.npy", lambda a: a * 2, "train_targets.npy: targets must be binary"),
+        (
+            "test_targets.npy",
+            lambda a: a + 0.5,
+            "test_targets.npy: targets must hold whole numbers",
+        ),
+        ("val_bias.npy", lambda a: a + 1, "val_bias.npy: bias must be binary"),
+        ("test_bias.npy", lambda a: a.astype(str), "test_bias.npy: bias must be numeric"),
+    ],
+)
 def test_malformed_files_name_the_file(tiny, name, make, pattern):
     arr = np.load(tiny / name)
     _corrupt(tiny, name, make(arr))
@@ -142,14 +166,18 @@ def test_checksum_mismatch_detected(tiny):
     with pytest.raises(FeatureFolderError, match="val_feats.npy: SHA-256 differs"):
         load_feature_folder(tiny)
     table = json.loads((tiny / "checksums.json").read_text())
-    assert set(table) == {f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")}
+    assert set(table) == {
+        f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("feats", "targets", "bias")
+    }
 
 
 def test_write_refuses_nonempty_and_overwrites_atomically(tiny, tmp_path):
     splits = load_feature_folder(tiny)
     with pytest.raises(FileExistsError):
         write_feature_folder(tiny, splits)
-    splits["train"] = FeatureSplit(splits["train"].feats * 2, splits["train"].targets, splits["train"].bias)
+    splits["train"] = FeatureSplit(
+        splits["train"].feats * 2, splits["train"].targets, splits["train"].bias
+    )
     write_feature_folder(tiny, splits, overwrite=True)
     assert torch.equal(load_feature_folder(tiny)["train"].feats, splits["train"].feats)
     assert not (tiny / "meta.json").exists()
@@ -179,7 +207,9 @@ def test_balance_groups():
 
 def test_feature_split_shape_check():
     with pytest.raises(ValueError, match="targets"):
-        FeatureSplit(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+        FeatureSplit(
+            torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+        )
 
 
 def _unrelated(folder):
@@ -194,7 +224,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_feature_folder(tiny, tmp_path)
     splits = load_feature_folder(tiny)
     other = tmp_path / "thesis"
     before = _unrelated(other)
-    with pytest.raises(FeatureFolderError, match=rf"{other} is not a feature folder .*thesis.tex.*nothing was deleted"):
+    with pytest.raises(
+        FeatureFolderError,
+        match=rf"{other} is not a feature folder .*thesis.tex.*nothing was deleted",
+    ):
         write_feature_folder(other, splits, overwrite=True)
     assert sorted(p.relative_to(other).as_posix() for p in other.rglob("*")) == before
     # a feature folder with something foreign inside is not replaced either
@@ -209,7 +242,9 @@ def test_float64_features_beyond_float32_are_refused(tiny):
     feats[3, 2] = 1e300  # finite in float64, inf in float32
     np.save(tiny / "test_feats.npy", feats)
     (tiny / "checksums.json").unlink()
-    with pytest.raises(FeatureFolderError, match="test_feats.npy: features exceed the float32 range"):
+    with pytest.raises(
+        FeatureFolderError, match="test_feats.npy: features exceed the float32 range"
+    ):
         load_feature_folder(tiny)
 
 
@@ -222,5 +257,7 @@ def test_checksums_entries_outside_the_folder_are_refused(tiny, tmp_path, entry)
     table = json.loads((tiny / "checksums.json").read_text())
     table[entry] = "0" * 64
     (tiny / "checksums.json").write_text(json.dumps(table))
-    with pytest.raises(FeatureFolderError, match=r"checksums.json: entry .* points outside the folder"):
+    with pytest.raises(
+        FeatureFolderError, match=r"checksums.json: entry .* points outside the folder"
+    ):
         load_feature_folder(tiny)

@@ -34,7 +34,9 @@ def test_knn_scale_matches_brute_force():
     got = fi.knn_scale(u, k)
     expected = []
     for r in range(len(u)):
-        dists = sorted(float(torch.sqrt(((u[r] - u[s]) ** 2).sum())) for s in range(len(u)) if s != r)
+        dists = sorted(
+            float(torch.sqrt(((u[r] - u[s]) ** 2).sum())) for s in range(len(u)) if s != r
+        )
         expected.append(sum(dists[:k]) / k)
     assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
     # the two duplicates of each row are among its neighbours, at distance 0
@@ -51,9 +53,17 @@ def test_knn_value_larger_than_expanded_batch_is_refused():
     assert cfg.min_batch() == 22
 
 
-@pytest.mark.parametrize("field, value", [("optim_method", "maximise"), ("estimation", "std"),
-                                          ("influence", "swapped"), ("noise", "uniform"), ("n_samples", 0),
-                                          ("lambda_image", -1.0)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("optim_method", "maximise"),
+        ("estimation", "std"),
+        ("influence", "swapped"),
+        ("noise", "uniform"),
+        ("n_samples", 0),
+        ("lambda_image", -1.0),
+    ],
+)
 def test_bad_options_name_the_parameter(field, value):
     with pytest.raises(ValueError, match=field):
         fi.FisherConfig(**{field: value})
@@ -70,7 +80,9 @@ def test_terms_are_finite_and_positive(influence, estimation):
     t = fi.fisher_terms(model, x, c, logits, cfg)
     for name in ("fisher_image", "fisher_colour", "reg_image", "reg_colour", "influence_loss"):
         assert torch.isfinite(t[name]), name
-    if influence == "paper" or estimation == "var":  # the swapped BCE can be negative, and so F under 'ent'
+    if (
+        influence == "paper" or estimation == "var"
+    ):  # the swapped BCE can be negative, and so F under 'ent'
         assert t["fisher_image"] > 0 and t["fisher_colour"] > 0
 
 
@@ -84,7 +96,8 @@ def test_reference_influence_is_linear_in_perturbed_logits():
 
 
 def test_colour_fisher_has_closed_form_under_reference_loss():
-    """With the swapped BCE, ∂L/∂c̃_r = −W_cᵀ p_b(r) / (10N): the colour information depends only on W_c and p."""
+    """With the swapped BCE, ∂L/∂c̃_r = −W_cᵀ p_b(r) / (10N): the colour information depends only on
+    W_c and p."""
     x, c, y = _batch(b=8)
     model = _model()
     cfg = fi.FisherConfig(knn_value=20, n_samples=3)
@@ -106,7 +119,8 @@ def test_regulariser_gradients_reach_the_parameters_through_double_backward():
     t["reg_image"].backward()
     conv = model.image[0].weight.grad
     assert conv is not None and torch.isfinite(conv).all() and conv.abs().sum() > 0
-    # with the logits detached, the image term still depends on the weights only through the input gradient
+    # with the logits detached, the image term still depends on the weights only through the input
+    # gradient
     model.zero_grad()
     t2 = fi.fisher_terms(model, x, c, logits.detach(), cfg)
     t2["reg_image"].backward()
@@ -134,7 +148,9 @@ def test_regularised_step_logs_reference_proportions_as_inverse_fisher_shares():
     x, c, y = _batch()
     batch = Batch(x, y, None, {"colour": c}, torch.arange(len(y)))
     model = _model()
-    step = fi.fisher_step(model, torch.optim.SGD(model.parameters(), 0.0), fi.FisherConfig(knn_value=20))
+    step = fi.fisher_step(
+        model, torch.optim.SGD(model.parameters(), 0.0), fi.FisherConfig(knn_value=20)
+    )
     torch.manual_seed(7)
     logged = step(batch)
     last = step.last_batch()
@@ -148,6 +164,7 @@ def test_regularised_step_logs_reference_proportions_as_inverse_fisher_shares():
 def test_measure_fisher_is_repeatable_and_keeps_the_rng_stream():
     x, c, y = _batch(b=48)
     from helpers.tensordata import TensorData
+
     data = TensorData(x, y, None, {"colour": c})
     model = _model()
     cfg = fi.FisherConfig(knn_value=20)
@@ -169,8 +186,8 @@ def test_moving_average_stop_follows_the_reference_rule():
     for epoch, loss in enumerate([1.0, 0.5, 0.4, 0.39, 0.3905, 0.39], start=1):
         h.rows.append({"epoch": epoch, "loss": loss})
         decisions.append(stop.on_epoch_end(epoch, h.rows[-1], h))
-    # epoch 4 (0-based 3 >= patience): |L4 − L1| / 3 = 0.203 → go on; epoch 5: |L5 − L2|/3 = 0.036 → go on;
-    # epoch 6: |L6 − L3| / 3 = 0.0033 → go on with tol 1e-3
+    # epoch 4 (0-based 3 >= patience): |L4 − L1| / 3 = 0.203 → go on; epoch 5: |L5 − L2|/3 = 0.036 →
+    # go on; epoch 6: |L6 − L3| / 3 = 0.0033 → go on with tol 1e-3
     assert decisions == [False] * 6
     h.rows.append({"epoch": 7, "loss": 0.3901})
     assert stop.on_epoch_end(7, h.rows[-1], h)  # |0.3901 − 0.39| / 3 < 1e-3

@@ -26,6 +26,7 @@ def test_jtt_error_set_upweighting_counts():
     assert w.tolist() == [20.0, 1.0, 1.0, 20.0, 1.0]
     # with the weighted sampler the error set's expected share is 2*20 / (2*20 + 3)
     from helpers.train import weighted
+
     order = weighted(w)(5000, torch.Generator().manual_seed(0))
     share = wrong[order].float().mean()
     assert float(share) == pytest.approx(40 / 43, abs=0.02)
@@ -43,7 +44,7 @@ def test_lff_weights_in_unit_interval_and_gce():
     logits = torch.randn(8, 2, generator=gen)
     y = torch.randint(0, 2, (8,), generator=gen)
     p = torch.softmax(logits, 1)[torch.arange(8), y]
-    assert torch.allclose(G.gce_loss(logits, y, 0.7), -torch.log(p) * p ** 0.7 * 0.7, atol=1e-6)
+    assert torch.allclose(G.gce_loss(logits, y, 0.7), -torch.log(p) * p**0.7 * 0.7, atol=1e-6)
     with pytest.raises(ValueError, match="q"):
         G.gce_loss(logits, y, 0.0)
 
@@ -52,7 +53,9 @@ def test_lff_ema_first_visit_then_average_and_class_normalised():
     y = torch.tensor([0, 0, 1, 1])
     ema = G._EMA(y, alpha=0.7)
     out = ema.update(torch.tensor([0, 2]), torch.tensor([2.0, 4.0]))
-    assert ema.value.tolist() == pytest.approx([2.0, 0.0, 4.0, 0.0])  # first visit stores the loss itself
+    assert ema.value.tolist() == pytest.approx(
+        [2.0, 0.0, 4.0, 0.0]
+    )  # first visit stores the loss itself
     assert out.tolist() == pytest.approx([1.0, 1.0])  # divided by the class maximum
     ema.update(torch.tensor([0, 1]), torch.tensor([1.0, 4.0]))
     assert ema.value.tolist() == pytest.approx([0.7 * 2.0 + 0.3 * 1.0, 4.0, 4.0, 0.0])

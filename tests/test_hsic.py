@@ -30,11 +30,11 @@ def test_biased_has_positive_bias_that_shrinks_with_m():
 
 def test_unbiased_matches_brute_force_u_statistic():
     x, y = _xy(m=6, seed=3)
-    k, l = hsic.rbf_kernel(x, 1.0).double(), hsic.rbf_kernel(y, 1.0).double()
+    K, L = hsic.rbf_kernel(x, 1.0).double(), hsic.rbf_kernel(y, 1.0).double()
     m = 6
     total = 0.0
     for i, j, q, r in itertools.permutations(range(m), 4):
-        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+        total += K[i, j] * L[i, j] + K[i, j] * L[q, r] - 2 * K[i, j] * L[i, q]
     expected = total / (m * (m - 1) * (m - 2) * (m - 3))
     assert float(hsic.hsic_unbiased(x, y)) == pytest.approx(float(expected), abs=1e-5)
 
@@ -59,9 +59,9 @@ def test_median_sigma_positive_and_scales():
 
 def test_biased_matches_trace_formula():
     x, y = _xy(m=7, seed=2)
-    k, l = hsic.rbf_kernel(x, 1.0).double(), hsic.rbf_kernel(y, 1.0).double()
+    K, L = hsic.rbf_kernel(x, 1.0).double(), hsic.rbf_kernel(y, 1.0).double()
     h = torch.eye(7, dtype=torch.float64) - 1 / 7
-    expected = torch.trace(k @ h @ l @ h) / 36
+    expected = torch.trace(K @ h @ L @ h) / 36
     assert float(hsic.hsic_biased(x, y)) == pytest.approx(float(expected), abs=1e-6)
 
 

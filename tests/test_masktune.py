@@ -14,7 +14,8 @@ def test_official_rule_exact_pixels_and_ignores_non_positive():
     a = torch.zeros(1, 4, 4)
     a[0, 0, :] = torch.tensor([0.1, 0.1, 0.1, 0.1])
     a[0, 1, 0] = 1.0
-    # positive values: four 0.1 and one 1.0 → μ = 0.28, σ = 0.36, τ = 1.0; 1.0 ≤ τ is kept (A > τ erased)
+    # positive values: four 0.1 and one 1.0 → μ = 0.28, σ = 0.36, τ = 1.0; 1.0 ≤ τ is kept (A > τ
+    # erased)
     keep = mt.official_keep_mask(a)
     assert keep.all()
     keep1 = mt.official_keep_mask(a, n_std=1.0)  # τ = 0.64 → only the 1.0 pixel goes
@@ -28,7 +29,7 @@ def test_official_rule_exact_pixels_and_ignores_non_positive():
     # a map where the zeros WOULD matter if counted: with zeros included μ+σ would fall below 0.1
     c = torch.zeros(1, 10, 10)
     c[0, 0, :3] = torch.tensor([0.1, 0.1, 0.4])
-    keep_c = mt.official_keep_mask(c, n_std=1.0)   # μ = 0.2, σ ≈ 0.141 → τ ≈ 0.341: only 0.4 erased
+    keep_c = mt.official_keep_mask(c, n_std=1.0)  # μ = 0.2, σ ≈ 0.141 → τ ≈ 0.341: only 0.4 erased
     assert (~keep_c).sum() == 1 and not keep_c[0, 0, 2]
 
 
@@ -74,8 +75,12 @@ def test_dispatch_and_errors():
 
 def test_apply_mask_keeps_labels_and_shapes_and_zeroes_all_channels():
     g = torch.Generator().manual_seed(0)
-    data = TensorData(torch.rand(4, 3, 6, 6, generator=g) + 0.1, torch.tensor([0, 1, 1, 0]),
-                      torch.tensor([1, 0, 1, 0]), {"digit": torch.tensor([1, 7, 5, 2])})
+    data = TensorData(
+        torch.rand(4, 3, 6, 6, generator=g) + 0.1,
+        torch.tensor([0, 1, 1, 0]),
+        torch.tensor([1, 0, 1, 0]),
+        {"digit": torch.tensor([1, 7, 5, 2])},
+    )
     keep = torch.rand(4, 6, 6, generator=g) > 0.3
     out = mt.apply_mask(data, keep)
     assert out.x.shape == data.x.shape

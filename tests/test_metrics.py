@@ -49,4 +49,11 @@ def test_confusion_matrix():
 
 def test_summary_keys():
     s = M.summary(Y, B, P, 2, 2, train_counts=np.array([[10, 1], [1, 10]]))
-    assert set(s) == {"plain", "worst_group", "mean_of_groups", "aligned", "conflicting", "weighted"}
+    assert set(s) == {
+        "plain",
+        "worst_group",
+        "mean_of_groups",
+        "aligned",
+        "conflicting",
+        "weighted",
+    }

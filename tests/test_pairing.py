@@ -13,7 +13,11 @@ from helpers.train import fit
 
 def _logits(seed=0, n=8):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 10, generator=g), torch.randn(n, 10, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return (
+        torch.randn(n, 10, generator=g),
+        torch.randn(n, 10, generator=g),
+        torch.randint(0, 10, (n,), generator=g),
+    )
 
 
 def test_loss_is_twice_ce_when_copy_equals_original_and_lambda_zero():
@@ -29,9 +33,13 @@ def test_consistency_variants():
     assert torch.allclose(P.consistency_loss(o, o2, "l2"), ((o - o2) ** 2).sum())
     assert torch.allclose(P.consistency_loss(o, o2, "l1"), (o - o2).abs().sum() ** 2)
     p, q = o.softmax(1), o2.softmax(1)
-    assert torch.allclose(P.consistency_loss(o, o2, "kl"), (p * (p.log() - q.log())).sum(1).mean(), atol=1e-6)
+    assert torch.allclose(
+        P.consistency_loss(o, o2, "kl"), (p * (p.log() - q.log())).sum(1).mean(), atol=1e-6
+    )
     loss, parts = P.paired_loss(o, o2, y, 0.5, "l2")
-    assert torch.allclose(loss, F.cross_entropy(o, y) + F.cross_entropy(o2, y) + 0.5 * ((o - o2) ** 2).sum())
+    assert torch.allclose(
+        loss, F.cross_entropy(o, y) + F.cross_entropy(o2, y) + 0.5 * ((o - o2) ** 2).sum()
+    )
     with pytest.raises(ValueError, match="consistency"):
         P.consistency_loss(o, o2, "l3")
     with pytest.raises(ValueError, match="lam"):
@@ -39,9 +47,13 @@ def test_consistency_variants():
 
 
 def _toy(n=64):
-    raw = (torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).to(torch.uint8) * 255
+    raw = (torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).to(
+        torch.uint8
+    ) * 255
     y = torch.arange(n) % 10
-    return B.colour_split(raw, y, "pure", torch.Generator().manual_seed(1), biased_digits=B.BIASED_DIGITS)
+    return B.colour_split(
+        raw, y, "pure", torch.Generator().manual_seed(1), biased_digits=B.BIASED_DIGITS
+    )
 
 
 def test_paired_step_trains_and_is_deterministic():
@@ -51,8 +63,15 @@ def test_paired_step_trains_and_is_deterministic():
         torch.manual_seed(0)
         m = LeNet()
         opt = torch.optim.SGD(m.parameters(), lr=0.01)
-        h = fit(data, P.paired_step(m, opt, augment_mode="mixture", seed=seed), epochs=2, batch_size=16,
-                modules=m, seed=0, progress=False)
+        h = fit(
+            data,
+            P.paired_step(m, opt, augment_mode="mixture", seed=seed),
+            epochs=2,
+            batch_size=16,
+            modules=m,
+            seed=0,
+            progress=False,
+        )
         return h, torch.cat([p.flatten() for p in m.parameters()])
 
     h1, w1 = train(0)

@@ -5,7 +5,7 @@ import papermill as pm
 import pytest
 
 from helpers.book import closure, runner
-from helpers.book.params import ParameterError, PROFILES, load_spec, profile_values, validate
+from helpers.book.params import PROFILES, ParameterError, load_spec, profile_values, validate
 
 CHAPTERS = sorted(Path(p).stem for p in glob.glob(str(runner.NOTEBOOKS / "[0-9][0-9]_*.ipynb")))
 
@@ -14,7 +14,9 @@ CHAPTERS = sorted(Path(p).stem for p in glob.glob(str(runner.NOTEBOOKS / "[0-9][
 def test_schema_matches_parameters_cell(chapter):
     cell = set(pm.inspect_notebook(str(runner.NOTEBOOKS / f"{chapter}.ipynb")))
     schema = set(load_spec(chapter)["parameters"])
-    assert cell - {"profile"} == schema, f"parameters cell and schema differ: {sorted(cell ^ (schema | {'profile'}))}"
+    assert cell - {"profile"} == schema, (
+        f"parameters cell and schema differ: {sorted(cell ^ (schema | {'profile'}))}"
+    )
     assert "profile" in cell and "seed" in cell
 
 
@@ -49,7 +51,10 @@ def test_unknown_profile_fails_before_running(capsys):
 
 def test_bad_profile_file_fails_before_running(tmp_path, monkeypatch):
     (tmp_path / "01_shortcut_learning.yaml").write_text(
-        (runner.NOTEBOOKS / "profiles" / "01_shortcut_learning.yaml").read_text().replace("epochs: 1}", "epochs: -4}"))
+        (runner.NOTEBOOKS / "profiles" / "01_shortcut_learning.yaml")
+        .read_text()
+        .replace("epochs: 1}", "epochs: -4}")
+    )
     with pytest.raises(ParameterError, match="'epochs'"):
         profile_values("01_shortcut_learning", "smoke", profile_dir=tmp_path)
 
@@ -61,17 +66,28 @@ def test_unknown_chapter_is_refused():
 
 def test_hash_follows_helper_imports():
     files = closure.helper_modules(
-        "import numpy\nfrom helpers.train import fit\nfrom helpers import (metrics as M,\n plots)\n"
-        "from helpers.methods import rebias as R\n%matplotlib inline\n")
+        "import numpy\nfrom helpers.train import fit\nfrom helpers import (metrics as M,\n "
+        "plots)\nfrom helpers.methods import rebias as R\n%matplotlib inline\n"
+    )
     mods = {p.relative_to(closure.REPO_ROOT / "helpers").as_posix() for p in files}
-    assert {"train.py", "metrics.py", "plots.py", "tensordata.py", "device.py", "__init__.py",
-            "methods/__init__.py", "methods/rebias.py", "methods/hsic.py"} <= mods  # hsic: imported by rebias
+    assert {
+        "train.py",
+        "metrics.py",
+        "plots.py",
+        "tensordata.py",
+        "device.py",
+        "__init__.py",
+        "methods/__init__.py",
+        "methods/rebias.py",
+        "methods/hsic.py",
+    } <= mods  # hsic: imported by rebias
     assert not any("biased_mnist" in m or "numpy" in m for m in mods)
 
 
 def test_editing_a_nested_helper_makes_the_chapter_stale(tmp_path, monkeypatch):
-    """A chapter importing ``helpers.methods.rebias`` depends on ``hsic.py`` two levels down: editing it must change
-    the chapter's hash (so the runner re-executes it instead of calling a stale copy current)."""
+    """A chapter importing ``helpers.methods.rebias`` depends on ``hsic.py`` two levels down:
+    editing it must change the chapter's hash (so the runner re-executes it instead of calling a
+    stale copy current)."""
     import shutil
 
     package = tmp_path / "helpers"
@@ -88,42 +104,74 @@ def test_editing_a_nested_helper_makes_the_chapter_stale(tmp_path, monkeypatch):
 
 
 def test_misspelt_papermill_parameter_stops_the_chapter_in_its_first_code_cell(tmp_path):
-    """``-p epoch 3`` (for ``epochs``) only creates a new global: the chapter must refuse it, name it and suggest
-    the close match, in the cell that calls start_chapter (before any data or training)."""
+    """``-p epoch 3`` (for ``epochs``) only creates a new global: the chapter must refuse it, name
+    it and suggest the close match, in the cell that calls start_chapter (before any data or
+    training)."""
     import nbformat
 
     out = tmp_path / "out.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(runner.NOTEBOOKS / "01_shortcut_learning.ipynb"), str(out), parameters={"epoch": 3},
-                            kernel_name="python3", cwd=str(runner.NOTEBOOKS), progress_bar=False)
+        pm.execute_notebook(
+            str(runner.NOTEBOOKS / "01_shortcut_learning.ipynb"),
+            str(out),
+            parameters={"epoch": 3},
+            kernel_name="python3",
+            cwd=str(runner.NOTEBOOKS),
+            progress_bar=False,
+        )
     assert err.value.ename == "ParameterError"
     assert "'epoch'" in err.value.evalue and "did you mean 'epochs'" in err.value.evalue
     nb = nbformat.read(out, as_version=4)
-    failed = [c for c in nb.cells if c.cell_type == "code"
-              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    failed = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code"
+        and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert failed and "start_chapter(" in failed[0].source
 
 
 def test_injected_names_come_from_papermills_cell():
     from helpers.book.params import injected_names, parameters_from_namespace
 
-    defaults = {"profile": "quick", "seed": 0, "device": "cpu", "rhos": [0.1, 0.9], "train_size": 100,
-                "test_size": 100, "epochs": 4, "batch_size": 128, "lr": 1e-3}
-    history = ["", "profile = 'quick'\nseed = 0\n", "# Parameters\nepochs = 2\nbatch_szie = 64\n", "import torch"]
+    defaults = {
+        "profile": "quick",
+        "seed": 0,
+        "device": "cpu",
+        "rhos": [0.1, 0.9],
+        "train_size": 100,
+        "test_size": 100,
+        "epochs": 4,
+        "batch_size": 128,
+        "lr": 1e-3,
+    }
+    history = [
+        "",
+        "profile = 'quick'\nseed = 0\n",
+        "# Parameters\nepochs = 2\nbatch_szie = 64\n",
+        "import torch",
+    ]
     namespace = {**defaults, "epochs": 2, "batch_szie": 64, "In": history, "torch": object()}
     assert injected_names(namespace) == ["epochs", "batch_szie"]
     with pytest.raises(ParameterError, match="parameter 'batch_szie' .*did you mean 'batch_size'"):
         parameters_from_namespace("01_shortcut_learning", namespace)
     # an interactive session (no injected cell) with extra globals of its own is fine
-    assert parameters_from_namespace("01_shortcut_learning", {**defaults, "In": history[:2] + history[3:],
-                                                               "mnist": {}})["epochs"] == 4
+    assert (
+        parameters_from_namespace(
+            "01_shortcut_learning", {**defaults, "In": history[:2] + history[3:], "mnist": {}}
+        )["epochs"]
+        == 4
+    )
     with pytest.raises(ParameterError, match="parameter 'colour' .*not a parameter"):
         validate("01_shortcut_learning", {"colour": 3}, partial=True)
 
 
-@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if "train_size" in load_spec(c)["parameters"]])
+@pytest.mark.parametrize(
+    "chapter", [c for c in CHAPTERS if "train_size" in load_spec(c)["parameters"]]
+)
 def test_train_size_too_small_for_the_data_is_refused_by_name(chapter):
-    """``train_size 5`` used to fail deep in the data cell (one image per class is the builders' minimum)."""
+    """``train_size 5`` used to fail deep in the data cell (one image per class is the builders'
+    minimum)."""
     with pytest.raises(ParameterError, match=r"parameter 'train_size' must be >= 10, got 5"):
         validate(chapter, {"train_size": 5}, partial=True)
     assert validate(chapter, {"train_size": None}, partial=True)["train_size"] is None  # null = all

@@ -11,7 +11,8 @@ def test_labels_and_digit_ordered_patches():
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
     assert int(patched[labels == 0].sum()) == round(0.9 * n0)
     assert int(patched[labels == 1].sum()) == round(0.1 * n1)
-    # digit order: unpatched class-0 images are the highest digits (4s), patched class-1 images are 5s
+    # digit order: unpatched class-0 images are the highest digits (4s), patched class-1 images are
+    # 5s
     assert set(digits[(labels == 0) & ~patched].tolist()) == {4}
     assert set(digits[(labels == 1) & patched].tolist()) == {5}
 
@@ -28,7 +29,9 @@ def test_render_patch_colour_and_size():
     img = torch.full((2, 28, 28), 128, dtype=torch.uint8)
     x = pm.render(img, torch.tensor([True, False]), 4, (255, 0, 0))
     assert x.shape == (2, 3, 28, 28)
-    assert torch.equal(x[0, :, :4, :4], torch.tensor([1.0, 0.0, 0.0])[:, None, None].expand(3, 4, 4))
+    assert torch.equal(
+        x[0, :, :4, :4], torch.tensor([1.0, 0.0, 0.0])[:, None, None].expand(3, 4, 4)
+    )
     assert torch.allclose(x[0, :, 4:, 4:], torch.tensor(128 / 255))
     assert torch.allclose(x[1], torch.tensor(128 / 255))
 
@@ -43,7 +46,9 @@ def test_builder_sets(mnist):
         assert share0 > 0.95 and share1 < 0.05
     raw, biased = sets["raw"], sets["biased"]
     assert int(raw.bias.sum()) == 0
-    assert torch.equal(biased.bias, biased.y)            # patch on every class-1 image and on no class-0 image
+    assert torch.equal(
+        biased.bias, biased.y
+    )  # patch on every class-1 image and on no class-0 image
     assert torch.equal(raw.y, pm.two_class_labels(raw.extras["digit"]))
     assert torch.equal(raw.x[raw.y == 0], biased.x[biased.y == 0])
     again = pm.patch_mnist(seed=0, train_size=3000, val_size=600, test_size=500)

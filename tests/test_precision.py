@@ -1,7 +1,9 @@
-"""Mixed precision without a GPU: CPU bf16 autocast stands in for the bf16 autocast that ``fit`` uses on CUDA.
+"""Mixed precision without a GPU: CPU bf16 autocast stands in for the bf16 autocast that ``fit``
+uses on CUDA.
 
 Statistics and evaluation must come out in float32 even while the training forward runs in bf16.
 """
+
 import contextlib
 from pathlib import Path
 
@@ -42,9 +44,19 @@ def _features(width=1.0, m=128):
 @pytest.mark.parametrize("width", [1.0, 0.25])
 def test_hsic_is_float32_inside_bf16_autocast(width):
     ff, gf = _features(width)
-    ref = {"k": rbf_kernel(ff, 1.0), "u": hsic_unbiased(ff, gf), "b": hsic_biased(ff, gf), "s": median_sigma(ff)}
+    ref = {
+        "k": rbf_kernel(ff, 1.0),
+        "u": hsic_unbiased(ff, gf),
+        "b": hsic_biased(ff, gf),
+        "s": median_sigma(ff),
+    }
     with torch.autocast(**BF16):
-        got = {"k": rbf_kernel(ff, 1.0), "u": hsic_unbiased(ff, gf), "b": hsic_biased(ff, gf), "s": median_sigma(ff)}
+        got = {
+            "k": rbf_kernel(ff, 1.0),
+            "u": hsic_unbiased(ff, gf),
+            "b": hsic_biased(ff, gf),
+            "s": median_sigma(ff),
+        }
     assert got["k"].dtype == torch.float32
     assert (got["k"] - ref["k"]).abs().max() < 1e-6  # bf16 x @ x.T: errors of ~0.02-0.07 per entry
     for key in "ubs":
@@ -52,8 +64,8 @@ def test_hsic_is_float32_inside_bf16_autocast(width):
 
 
 class ElementwiseNet(nn.Module):
-    """A network without matmuls or convolutions, so autocast leaves its forward and backward in float32:
-    whatever differs under bf16 autocast must come from the step function itself."""
+    """A network without matmuls or convolutions, so autocast leaves its forward and backward in
+    float32: whatever differs under bf16 autocast must come from the step function itself."""
 
     def __init__(self, seed: int, dim: int = 12):
         super().__init__()
@@ -75,16 +87,25 @@ class ElementwiseNet(nn.Module):
 
 def _batch(m=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Batch(x=torch.rand(m, 3, 28, 28, generator=g) * 2 - 1, y=torch.randint(0, 10, (m,), generator=g),
-                 bias=None, extras={}, idx=torch.arange(m))
+    return Batch(
+        x=torch.rand(m, 3, 28, 28, generator=g) * 2 - 1,
+        y=torch.randint(0, 10, (m,), generator=g),
+        bias=None,
+        extras={},
+        idx=torch.arange(m),
+    )
 
 
 def _run_step(make_step, nets, bf16: bool):
     f, g = nets()
-    step = make_step(f, g, torch.optim.SGD(f.parameters(), 0.1), torch.optim.SGD(g.parameters(), 0.1))
+    step = make_step(
+        f, g, torch.optim.SGD(f.parameters(), 0.1), torch.optim.SGD(g.parameters(), 0.1)
+    )
     with torch.autocast(**BF16) if bf16 else contextlib.nullcontext():
         logged = step(_batch())
-    return {k: float(v) for k, v in logged.items()}, [p.detach().clone() for p in (*f.parameters(), *g.parameters())]
+    return {k: float(v) for k, v in logged.items()}, [
+        p.detach().clone() for p in (*f.parameters(), *g.parameters())
+    ]
 
 
 @pytest.mark.parametrize("make_step", [rebias_step, independent_step])
@@ -107,12 +128,16 @@ def test_rebias_steps_with_bf16_convnets_stay_close_to_float32(make_step):
     got, _ = _run_step(make_step, nets, bf16=True)
     assert _rel(got["loss"], ref["loss"]) < 1e-3 and _rel(got["g_loss"], ref["g_loss"]) < 1e-3
     assert abs(got["acc"] - ref["acc"]) <= 1 / 64 and abs(got["g_acc"] - ref["g_acc"]) <= 1 / 64
-    assert _rel(got["hsic"], ref["hsic"]) < 3e-2  # bf16 features only (~0.5 %); a bf16 kernel gave 20-40 %
+    assert (
+        _rel(got["hsic"], ref["hsic"]) < 3e-2
+    )  # bf16 features only (~0.5 %); a bf16 kernel gave 20-40 %
 
 
 def _images(n=300, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return TensorData(torch.rand(n, 3, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g))
+    return TensorData(
+        torch.rand(n, 3, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
+    )
 
 
 def test_predict_is_float32_under_fit_autocast(fit_autocast):
@@ -137,12 +162,26 @@ def test_fit_logs_close_to_float32_and_evaluates_in_float32(fit_autocast, monkey
         torch.manual_seed(0)
         model, data = LeNet(), _images()
         opt = torch.optim.SGD(model.parameters(), 0.05)
-        h = T.fit(data, T.supervised_step(model, opt), epochs=1, batch_size=100, modules=model, seed=0,
-                  progress=False, evaluate=lambda: {"dev_loss": float(F.cross_entropy(T.predict(model, data), data.y)),
-                                                    "dev_acc": T.accuracy_on(model, data)})
+        h = T.fit(
+            data,
+            T.supervised_step(model, opt),
+            epochs=1,
+            batch_size=100,
+            modules=model,
+            seed=0,
+            progress=False,
+            evaluate=lambda: {
+                "dev_loss": float(F.cross_entropy(T.predict(model, data), data.y)),
+                "dev_acc": T.accuracy_on(model, data),
+            },
+        )
         with torch.no_grad():  # a float32 reference evaluation of the same trained weights
             logits = model.eval()(data.x)
-        return h.rows[-1], float(F.cross_entropy(logits, data.y)), T.accuracy(data.y, logits.argmax(1))
+        return (
+            h.rows[-1],
+            float(F.cross_entropy(logits, data.y)),
+            T.accuracy(data.y, logits.argmax(1)),
+        )
 
     row, loss32, acc32 = train()
     assert _rel(row["dev_loss"], loss32) < 1e-6 and row["dev_acc"] == acc32
@@ -163,24 +202,43 @@ def _train_first_epoch(method: str) -> dict:
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(0)
     if method == "paired":
-        mask, y = torch.rand(128, 1, 28, 28, generator=g) > 0.8, torch.randint(0, 10, (128,), generator=g)
-        data = TensorData(B.to_float(B.compose(mask, B.backgrounds("pure", 128, g))), y, extras={"mask": mask})
+        mask, y = (
+            torch.rand(128, 1, 28, 28, generator=g) > 0.8,
+            torch.randint(0, 10, (128,), generator=g),
+        )
+        data = TensorData(
+            B.to_float(B.compose(mask, B.backgrounds("pure", 128, g))), y, extras={"mask": mask}
+        )
         model = LeNet()
-        h = T.fit(data, paired_step(model, torch.optim.SGD(model.parameters(), 0.05), seed=2), epochs=1,
-                  batch_size=32, modules=model, seed=0, progress=False,
-                  evaluate=lambda: {"val_acc": T.accuracy_on(model, data)})
+        h = T.fit(
+            data,
+            paired_step(model, torch.optim.SGD(model.parameters(), 0.05), seed=2),
+            epochs=1,
+            batch_size=32,
+            modules=model,
+            seed=0,
+            progress=False,
+            evaluate=lambda: {"val_acc": T.accuracy_on(model, data)},
+        )
     else:
-        data = TensorData(torch.randn(256, 64, generator=g), torch.randint(0, 2, (256,), generator=g),
-                          torch.randint(0, 2, (256,), generator=g))
+        data = TensorData(
+            torch.randn(256, 64, generator=g),
+            torch.randint(0, 2, (256,), generator=g),
+            torch.randint(0, 2, (256,), generator=g),
+        )
         cfg = T.TrainConfig(epochs=1, batch_size=64, lr=1e-3, weight_decay=0.0, seed=0)
         if method == "lff":
             h = G.train_lff(Adapter(64), data, data, cfg, desc=method).history
         elif method == "groupdro":
             h = G.train_groupdro(Adapter(64), data, data, cfg, desc=method).history
         else:
-            clusters, table = torch.randint(0, 3, (256,), generator=g), torch.rand(3, 2, generator=g)
-            h = C.train_caml(MarginHead(64), data, data, clusters, table, cfg, sigma=0.1, scale=8.0,
-                             desc=method).history
+            clusters, table = (
+                torch.randint(0, 3, (256,), generator=g),
+                torch.rand(3, 2, generator=g),
+            )
+            h = C.train_caml(
+                MarginHead(64), data, data, clusters, table, cfg, sigma=0.1, scale=8.0, desc=method
+            ).history
     return {k: v for k, v in h.rows[0].items() if k not in ("epoch", "time_s")}
 
 
@@ -191,13 +249,15 @@ def test_trainers_under_fit_autocast_stay_close_to_float32(monkeypatch, method):
     got = _train_first_epoch(method)
     assert got.keys() == ref.keys()
     for k in ref:
-        if "acc" in k or "worst" in k:  # evaluated in float32; the weights differ only by one bf16 epoch
+        if (
+            "acc" in k or "worst" in k
+        ):  # evaluated in float32; the weights differ only by one bf16 epoch
             assert abs(got[k] - ref[k]) <= 0.02, k
         else:  # training losses and statistics of a bf16 forward (measured: 1e-4, consistency 3e-3)
             assert _rel(got[k], ref[k]) < (1e-2 if k == "consistency" else 2e-3), k
 
 
-# ------------------------------------------------------------------------------------ reproducibility on CUDA
+# -------------------------------------------------------------------------- reproducibility on CUDA
 def test_cublas_workspace_is_set_at_import_of_helpers_device():
     import os
     import subprocess
@@ -205,9 +265,14 @@ def test_cublas_workspace_is_set_at_import_of_helpers_device():
 
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     code = "import os, helpers.train; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
-    out = subprocess.run([sys.executable, "-c", code],
-                         env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == ":4096:8"
 
 
@@ -226,14 +291,19 @@ def test_start_chapter_sets_cublas_workspace_before_anything_else(monkeypatch):
         C.start_chapter("06_caml", {})
 
 
-# ---------------------------------------------------------------------------------------- precision decision
-@pytest.mark.parametrize("native, emulated, expected", [(True, True, torch.bfloat16), (False, True, None),
-                                                         (False, False, None)])
+# ------------------------------------------------------------------------------- precision decision
+@pytest.mark.parametrize(
+    ("native", "emulated", "expected"),
+    [(True, True, torch.bfloat16), (False, True, None), (False, False, None)],
+)
 def test_autocast_dtype_bf16_only_where_the_gpu_has_it(monkeypatch, native, emulated, expected):
     from helpers import device as D
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                        lambda including_emulation=True: native or (including_emulation and emulated))
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native or (including_emulation and emulated),
+    )
     assert D.autocast_dtype("cuda") is expected
     assert D.autocast_dtype("cpu") is None and D.autocast_dtype("mps") is None
     assert isinstance(D.autocast("cpu"), contextlib.nullcontext)
@@ -259,7 +329,7 @@ def test_cuda_fit_autocasts_in_the_decided_dtype():
     assert out.dtype == (D.autocast_dtype(dev) or torch.float32)
 
 
-# ----------------------------------------------------------------------- CUDA only (benchmarks/gpu_check.sh)
+# -------------------------------------------------------------- CUDA only (benchmarks/gpu_check.sh)
 def _cuda_syncs(fn) -> int:
     """How many synchronising CUDA calls ``fn()`` makes (torch's sync debug mode, as warnings)."""
     import warnings
@@ -283,7 +353,9 @@ def test_cuda_hsic_and_predict_are_float32_inside_fit_autocast():
     ff, gf = (t.to(dev) for t in _features(1.0))
     ref = float(hsic_unbiased(ff, gf))
     with D.autocast(dev):
-        assert _rel(hsic_unbiased(ff, gf), ref) < 1e-4  # TF32-free float32 matmuls may still differ slightly
+        assert (
+            _rel(hsic_unbiased(ff, gf), ref) < 1e-4
+        )  # TF32-free float32 matmuls may still differ slightly
     torch.manual_seed(0)
     model, data = LeNet().to(dev), T.to_device(_images(), dev)
     with torch.no_grad(), D.full_precision(dev):
@@ -299,18 +371,27 @@ def test_cuda_fit_trains_models_in_channels_last():
     torch.manual_seed(0)
     model = SimpleConvNet(7, width=0.25).to(dev)
     data = T.to_device(_images(64), dev)
-    T.fit(data, T.supervised_step(model, torch.optim.SGD(model.parameters(), 0.01)), epochs=1, batch_size=32,
-          modules=model, seed=0, progress=False)
+    T.fit(
+        data,
+        T.supervised_step(model, torch.optim.SGD(model.parameters(), 0.01)),
+        epochs=1,
+        batch_size=32,
+        modules=model,
+        seed=0,
+        progress=False,
+    )
     assert data.x.is_contiguous(memory_format=torch.channels_last)
     assert model.body[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("method", ["rebias", "paired_basic", "paired_mixture", "lff", "groupdro", "caml"])
+@pytest.mark.parametrize(
+    "method", ["rebias", "paired_basic", "paired_mixture", "lff", "groupdro", "caml"]
+)
 def test_cuda_steps_do_not_sync_with_the_host(method):
-    """A step that reads a device value back (``.item()``, ``bool(t)``, ``nonzero``, a CPU->GPU copy) waits
-    for the GPU. The syncs of one epoch must not grow with its number of steps (fit syncs once per epoch)."""
-    from helpers.data import background_mnist as B
+    """A step that reads a device value back (``.item()``, ``bool(t)``, ``nonzero``, a CPU->GPU
+    copy) waits for the GPU. The syncs of one epoch must not grow with its number of steps (fit
+    syncs once per epoch)."""
     from helpers.methods import caml as C
     from helpers.methods import group_methods as G
     from helpers.methods.pairing import paired_step
@@ -327,17 +408,31 @@ def test_cuda_steps_do_not_sync_with_the_host(method):
             data = T.to_device(TensorData(x, y, extras={"mask": mask}), dev)
             if method == "rebias":
                 f, h = SimpleConvNet(7, width=0.25).to(dev), SimpleConvNet(1, width=0.25).to(dev)
-                step = rebias_step(f, h, torch.optim.Adam(f.parameters()), torch.optim.Adam(h.parameters()))
+                step = rebias_step(
+                    f, h, torch.optim.Adam(f.parameters()), torch.optim.Adam(h.parameters())
+                )
                 modules = [f, h]
             else:
                 f = LeNet().to(dev)
-                step = paired_step(f, torch.optim.Adam(f.parameters()), augment_mode=method.split("_")[1])
+                step = paired_step(
+                    f, torch.optim.Adam(f.parameters()), augment_mode=method.split("_")[1]
+                )
                 modules = [f]
-            train = lambda: T.fit(data, step, epochs=1, batch_size=32, modules=modules, seed=0,  # noqa: E731
-                                  progress=False)
+            train = lambda: T.fit(
+                data,
+                step,
+                epochs=1,
+                batch_size=32,
+                modules=modules,
+                seed=0,  # noqa: E731
+                progress=False,
+            )
         else:
-            feats, y, b = torch.randn(n, 16, generator=g), torch.randint(0, 2, (n,), generator=g), \
-                torch.randint(0, 2, (n,), generator=g)
+            feats, y, b = (
+                torch.randn(n, 16, generator=g),
+                torch.randint(0, 2, (n,), generator=g),
+                torch.randint(0, 2, (n,), generator=g),
+            )
             data = T.to_device(TensorData(feats, y, b), dev)
             cfg = T.TrainConfig(epochs=1, batch_size=32, lr=1e-3, weight_decay=0.0, seed=0)
             if method == "lff":
@@ -345,9 +440,20 @@ def test_cuda_steps_do_not_sync_with_the_host(method):
             elif method == "groupdro":
                 train = lambda: G.train_groupdro(Adapter(16).to(dev), data, data[:8], cfg)  # noqa: E731
             else:
-                clusters, table = torch.randint(0, 3, (n,), generator=g), torch.rand(3, 2, generator=g)
-                train = lambda: C.train_caml(MarginHead(16).to(dev), data, data[:8], clusters, table,  # noqa: E731
-                                             cfg, sigma=0.1, scale=8.0)
+                clusters, table = (
+                    torch.randint(0, 3, (n,), generator=g),
+                    torch.rand(3, 2, generator=g),
+                )
+                train = lambda: C.train_caml(
+                    MarginHead(16).to(dev),
+                    data,
+                    data[:8],
+                    clusters,
+                    table,  # noqa: E731
+                    cfg,
+                    sigma=0.1,
+                    scale=8.0,
+                )
         train()  # warm-up: lazy initialisation, cached device copies
         return _cuda_syncs(train)
 

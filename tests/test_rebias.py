@@ -1,15 +1,20 @@
 import pytest
 import torch
 
-from helpers.models import SimpleConvNet
 from helpers.methods.rebias import rebias_step
+from helpers.models import SimpleConvNet
 from helpers.train import Batch
 
 
 def _batch(m=8):
     g = torch.Generator().manual_seed(0)
-    return Batch(x=torch.rand(m, 3, 28, 28, generator=g), y=torch.randint(0, 10, (m,), generator=g),
-                 bias=None, extras={}, idx=torch.arange(m))
+    return Batch(
+        x=torch.rand(m, 3, 28, 28, generator=g),
+        y=torch.randint(0, 10, (m,), generator=g),
+        bias=None,
+        extras={},
+        idx=torch.arange(m),
+    )
 
 
 def _nets():
@@ -33,12 +38,15 @@ def test_rebias_step_updates_both_networks_and_logs_hsic():
 
 def test_zero_lambdas_reduce_to_two_independent_supervised_steps():
     from helpers.train import supervised_step
+
     f, g, of, og = _nets()
     rebias_step(f, g, of, og, lambda_f=0.0, lambda_g=0.0)(_batch())
     f2, g2, of2, og2 = _nets()
     supervised_step(g2, og2)(_batch())
     supervised_step(f2, of2)(_batch())
-    for a, b in zip(list(f.parameters()) + list(g.parameters()), list(f2.parameters()) + list(g2.parameters())):
+    for a, b in zip(
+        list(f.parameters()) + list(g.parameters()), list(f2.parameters()) + list(g2.parameters())
+    ):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -59,7 +67,7 @@ def test_rebias_refuses_tiny_batch_and_bad_lambda():
         rebias_step(f, g, of, og, lambda_g=-1)
 
 
-# ---------------------------------------------------------------------------------------------- baselines
+# ---------------------------------------------------------------------------------------- baselines
 from helpers.methods.rebias import independent_step, learned_mixin_step, rubi_step  # noqa: E402
 
 
@@ -81,12 +89,15 @@ def test_independent_step_updates_both_and_measures_hsic():
 
 def test_independent_step_equals_two_supervised_steps():
     from helpers.train import supervised_step
+
     f, g, of, og = _nets()
     independent_step(f, g, of, og)(_batch())
     f2, g2, of2, og2 = _nets()
     supervised_step(g2, og2)(_batch())
     supervised_step(f2, of2)(_batch())
-    for a, b in zip(list(f.parameters()) + list(g.parameters()), list(f2.parameters()) + list(g2.parameters())):
+    for a, b in zip(
+        list(f.parameters()) + list(g.parameters()), list(f2.parameters()) + list(g2.parameters())
+    ):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -110,7 +121,9 @@ def test_learned_mixin_step_freezes_g_and_trains_gate_only_if_asked(train_extra)
     bf, g_state, bgate = _params(f), _state(g), _params(gate)
     logged = learned_mixin_step(f, g, gate, of, og)(_batch())
     assert _changed(bf, f)
-    assert all(torch.equal(v, g_state[k]) for k, v in g.state_dict().items())  # weights and BN buffers
+    assert all(
+        torch.equal(v, g_state[k]) for k, v in g.state_dict().items()
+    )  # weights and BN buffers
     assert _changed(bgate, gate) == train_extra
     assert 0 <= float(logged["entropy"]) <= float(torch.log(torch.tensor(10.0))) + 1e-5
 
@@ -122,6 +135,7 @@ def test_entropy_weight_changes_f_update():
         gate = torch.nn.Linear(f.feature_dim, 1)
         learned_mixin_step(f, g, gate, of, None, entropy_weight=w)(_batch())
         return list(f.parameters())
+
     assert any(not torch.allclose(a, b, atol=1e-7) for a, b in zip(run(0.0), run(5.0)))
 
 

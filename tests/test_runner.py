@@ -9,7 +9,6 @@ import textwrap
 import time
 
 import nbformat
-import pytest
 
 from helpers.book import runner
 from helpers.cache import REPO_ROOT
@@ -20,7 +19,8 @@ DRIVER = textwrap.dedent("""
     from helpers.book import params, runner
     tmp = Path(sys.argv[1])
     runner.NOTEBOOKS, runner.BOOK = tmp / "notebooks", tmp / "book"
-    runner.RESULTS, runner.FAILED, runner.RUNNING = tmp / "book" / "results", tmp / "failed", tmp / "running"
+    runner.RESULTS = tmp / "book" / "results"
+    runner.FAILED, runner.RUNNING = tmp / "failed", tmp / "running"
     params.PROFILE_DIR = tmp / "notebooks" / "profiles"
     sys.exit(runner.main(["run", "--chapters", "01", "--no-html", "--force"]))
 """)
@@ -31,12 +31,21 @@ def _fake_book(tmp_path, marker):
     nbs = tmp_path / "notebooks"
     (nbs / "profiles").mkdir(parents=True)
     (nbs / "profiles" / "01_sleep.yaml").write_text(
-        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n  full: {}\n")
+        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n  full: "
+        "{}\n"
+    )
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
-                                          "time.sleep(120)")]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)"
+        ),
+    ]
     nbformat.write(nb, nbs / "01_sleep.ipynb")
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "keep.txt").write_text("published\n")
@@ -49,21 +58,32 @@ def test_ctrl_c_names_the_chapter_in_one_line_and_leaves_nothing_behind(tmp_path
     marker = tmp_path / "started"
     driver = _fake_book(tmp_path, marker)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, str(driver), str(tmp_path)], cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while not marker.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert marker.exists(), proc.communicate(timeout=10)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        os.killpg(
+            proc.pid, signal.SIGINT
+        )  # what Ctrl-C in a terminal does: the whole foreground group
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     lines = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 130, err
-    assert lines == ["interrupted: chapter 01_sleep stopped before it finished; book/ is unchanged"], err
+    assert lines == [
+        "interrupted: chapter 01_sleep stopped before it finished; book/ is unchanged"
+    ], err
     assert sorted(p.name for p in (tmp_path / "book").iterdir()) == ["keep.txt"]
     assert list((tmp_path / "running").iterdir()) == []
 

@@ -24,8 +24,18 @@ def _train(seed, epochs=3):
     seed_everything(seed)
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    h = fit(data, supervised_step(model, opt), epochs=epochs, batch_size=32, modules=model, seed=seed,
-            progress=False, evaluate=lambda: {"acc_eval": float((predict(model, data).argmax(1) == data.y).float().mean())})
+    h = fit(
+        data,
+        supervised_step(model, opt),
+        epochs=epochs,
+        batch_size=32,
+        modules=model,
+        seed=seed,
+        progress=False,
+        evaluate=lambda: {
+            "acc_eval": float((predict(model, data).argmax(1) == data.y).float().mean())
+        },
+    )
     return model, h
 
 
@@ -42,7 +52,9 @@ def test_same_seed_same_metrics_and_weights():
     m3, h3 = _train(8)
     strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h.rows]
     assert strip(h1) == strip(h2)
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values())
+    )
     assert strip(h1) != strip(h3)
 
 
@@ -73,8 +85,16 @@ def test_early_stopping_and_keep_best():
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # nothing improves
     keep = KeepBest(model, "acc", mode="max")
-    h = fit(data, supervised_step(model, opt), epochs=10, batch_size=64, modules=model, seed=0, progress=False,
-            callbacks=[keep, EarlyStopping("acc", patience=2)])
+    h = fit(
+        data,
+        supervised_step(model, opt),
+        epochs=10,
+        batch_size=64,
+        modules=model,
+        seed=0,
+        progress=False,
+        callbacks=[keep, EarlyStopping("acc", patience=2)],
+    )
     assert len(h.rows) == 3 and h.stopped_early
     assert keep.restore() == 1
 
@@ -98,7 +118,15 @@ def test_checkpoint_cache_round_trip_and_corruption(tmp_path, monkeypatch):
 
         def train():
             calls.append(1)
-            h = fit(data, supervised_step(m, opt), epochs=1, batch_size=64, modules=m, seed=0, progress=False)
+            h = fit(
+                data,
+                supervised_step(m, opt),
+                epochs=1,
+                batch_size=64,
+                modules=m,
+                seed=0,
+                progress=False,
+            )
             return {"history": h.to_state()}
 
         return m, train
@@ -110,7 +138,9 @@ def test_checkpoint_cache_round_trip_and_corruption(tmp_path, monkeypatch):
     out2 = cached_run("toy", config, {"m": m2}, t2, root=tmp_path)
     assert len(calls) == 1 and out2["from_cache"] and not out1["from_cache"]
     assert out2["history"]["rows"][0]["loss"] == out1["history"]["rows"][0]["loss"]
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values())
+    )
     # A damaged file fails its checksum and the run trains again.
     path = checkpoint_path("toy", config, tmp_path)
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
@@ -126,5 +156,7 @@ def test_retrain_switch_ignores_the_cache(tmp_path, monkeypatch):
     model = _model()
     cached_run("toy", {"x": 1}, {"m": model}, lambda: calls.append(1) or {}, root=tmp_path)
     monkeypatch.setenv("SHORTCUT_BOOK_RETRAIN", "1")
-    assert not cached_run("toy", {"x": 1}, {"m": model}, lambda: calls.append(1) or {}, root=tmp_path)["from_cache"]
+    assert not cached_run(
+        "toy", {"x": 1}, {"m": model}, lambda: calls.append(1) or {}, root=tmp_path
+    )["from_cache"]
     assert len(calls) == 2

@@ -9,8 +9,9 @@ and its last cell::
 
     run.finish(metrics={...}, seeds=[...])
 
-which shows profile, device, seeds, wall time and git commit, and writes ``<chapter>.json`` to the results
-directory (``$SHORTCUT_BOOK_RESULTS`` when the book runner executes the chapter, else ``<cache>/results``).
+which shows profile, device, seeds, wall time and git commit, and writes ``<chapter>.json`` to the
+results directory (``$SHORTCUT_BOOK_RESULTS`` when the book runner executes the chapter, else
+``<cache>/results``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -38,9 +40,13 @@ RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"
 
 
 def git_commit() -> str:
-    """Commit the run used: ``<sha>``, with ``-dirty`` when helpers/ or notebooks/ differ from it."""
+    """Commit the run used: ``<sha>``, with ``-dirty`` when helpers/ or notebooks/ differ from
+    it."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
 
     try:
         sha = git("rev-parse", "--short=12", "HEAD")
@@ -78,14 +84,20 @@ class ChapterRun:
         return self.params.get("profile", "custom")
 
     def cache_config(self, **cell: Any) -> dict:
-        """The key of one cached training cell: every validated parameter except the grid axes (``sweep: true``
-        in the schema) and the plot-only ``profile``/``device`` names, the cell's own values (its grid
-        coordinates, overrides and data identity, which win over the parameters), the device type it trains on,
-        and the hash of the helpers code the chapter runs. Anything else that changes invalidates the cache."""
+        """The key of one cached training cell: every validated parameter except the grid axes
+        (``sweep: true`` in the schema) and the plot-only ``profile``/``device`` names, the cell's
+        own values (its grid coordinates, overrides and data identity, which win over the
+        parameters), the device type it trains on, and the hash of the helpers code the chapter
+        runs. Anything else that changes invalidates the cache."""
         axes = swept(self.chapter) | {"profile", "device"}
         fixed = {k: v for k, v in self.params.items() if k not in axes}
-        return {"chapter": self.chapter, **fixed, **cell, "device_type": self.device.type,
-                "code": self.code}
+        return {
+            "chapter": self.chapter,
+            **fixed,
+            **cell,
+            "device_type": self.device.type,
+            "code": self.code,
+        }
 
     def results_dir(self) -> Path:
         path = Path(os.environ.get(RESULTS_ENV) or cache_root() / "results")
@@ -101,7 +113,7 @@ class ChapterRun:
             "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else [seeds],
             "wall_time_s": round(time.perf_counter() - self.started, 1),
             "git_commit": git_commit(),
-            "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "finished_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "parameters": _jsonable(self.params),
@@ -109,17 +121,27 @@ class ChapterRun:
         }
         path = self.results_dir() / f"{self.chapter}.json"
         atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
-        width = max(len(k) for k in ("profile", "device", "seeds", "wall time", "git commit", "results file"))
-        for key, value in [("profile", record["profile"]), ("device", record["device"]),
-                           ("seeds", record["seeds"]), ("wall time", f"{record['wall_time_s']:.1f} s"),
-                           ("git commit", record["git_commit"]), ("results file", path.name)]:
+        width = max(
+            len(k)
+            for k in ("profile", "device", "seeds", "wall time", "git commit", "results file")
+        )
+        for key, value in [
+            ("profile", record["profile"]),
+            ("device", record["device"]),
+            ("seeds", record["seeds"]),
+            ("wall time", f"{record['wall_time_s']:.1f} s"),
+            ("git commit", record["git_commit"]),
+            ("results file", path.name),
+        ]:
             print(f"{key:<{width}}  {value}")
         return record
 
 
 def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
-    """Validate the chapter's parameters from the notebook's globals, pick the device, set the plot style."""
-    deterministic_cublas()  # before the chapter's first CUDA work (chapter 06 trains before seed_everything)
+    """Validate the chapter's parameters from the notebook's globals, pick the device, set the plot
+    style."""
+    # before the chapter's first CUDA work (chapter 06 trains before seed_everything)
+    deterministic_cublas()
     params = parameters_from_namespace(chapter, namespace)
     device = pick_device(params.get("device"))
     use_book_style()

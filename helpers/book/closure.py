@@ -1,7 +1,8 @@
 """Which ``helpers`` modules a chapter runs: its imports followed transitively through the package.
 
-The runner hashes these files to decide whether an executed chapter is current, and the checkpoint keys include
-the same hash (:func:`code_hash`), so a change to the code that trains retrains instead of reusing old weights.
+The runner hashes these files to decide whether an executed chapter is current, and the checkpoint
+keys include the same hash (:func:`code_hash`), so a change to the code that trains retrains instead
+of reusing old weights.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ PACKAGE = REPO_ROOT / "helpers"
 
 
 def _module_file(dotted: str) -> Path | None:
-    """The file of module ``helpers.a.b`` (``a/b.py`` or ``a/b/__init__.py``), or None if it is not one."""
+    """The file of module ``helpers.a.b`` (``a/b.py`` or ``a/b/__init__.py``), or None if it is not
+    one."""
     parts = dotted.split(".")[1:]
     base = PACKAGE.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
@@ -28,23 +30,31 @@ def _module_file(dotted: str) -> Path | None:
 
 
 def _imports(code: str) -> set[str]:
-    """Dotted names of the ``helpers`` modules that ``code`` imports, including ``from pkg import module``."""
+    """Dotted names of the ``helpers`` modules that ``code`` imports, including ``from pkg import
+    module``."""
     # IPython magics and shell escapes are not Python: blank them out, keep line numbers.
-    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in code.splitlines())
+    code = "\n".join(
+        "" if line.lstrip().startswith(("%", "!")) else line for line in code.splitlines()
+    )
     names: set[str] = set()
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names if a.name.split(".")[0] == "helpers")
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
-                and node.module.split(".")[0] == "helpers":
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] == "helpers"
+        ):
             names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)  # kept only if it is a module
+            # kept only if it is a module
+            names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
 def helper_modules(code: str) -> list[Path]:
-    """The files of every ``helpers`` module that ``code`` imports, followed transitively through the package
-    (and the ``__init__.py`` of each package on the way), sorted."""
+    """The files of every ``helpers`` module that ``code`` imports, followed transitively through
+    the package (and the ``__init__.py`` of each package on the way), sorted."""
     found: set[Path] = set()
     todo = [code]
     while todo:

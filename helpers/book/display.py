@@ -6,7 +6,8 @@ import inspect
 
 
 def show_source(*objects) -> None:
-    """Display the source code of functions/classes with syntax highlighting (plain text outside Jupyter)."""
+    """Display the source code of functions/classes with syntax highlighting (plain text outside
+    Jupyter)."""
     text = "\n\n".join(inspect.getsource(o).rstrip() for o in objects)
     try:
         from IPython import get_ipython

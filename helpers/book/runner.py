@@ -1,18 +1,21 @@
-"""The book runner: execute chapters with papermill into ``book/``, then render the HTML with Jupyter Book.
+"""The book runner: execute chapters with papermill into ``book/``, then render the HTML with
+Jupyter Book.
 
     python -m helpers.book run [--profile quick] [--chapters 01 03] [--force] [--no-html]
     python -m helpers.book prepare --profile smoke --out build/nbval     # parameterised copies (for nbval)
     python -m helpers.book html                                           # render book/ to _build/html
     python -m helpers.book list                                           # the chapters and their state
 
-For each chapter the runner validates the profile's parameters against the chapter's schema (before anything
-runs), skips the chapter when the hash of its source, its parameters and the ``helpers`` package matches the hash
-stored in the executed copy, and otherwise executes it into a temporary file. On success the executed copy is moved
-into ``book/`` with papermill's injected-parameters cell tagged ``remove-cell`` (hidden in the HTML, kept for
-provenance) and the chapter's results record into ``book/results/``. On failure the run stops, names the chapter
-and the failing cell, and keeps the partial notebook in ``build/failed/``. A chapter runs in
-``build/running/<chapter>-<pid>-<random>/``; Ctrl-C prints one line naming the chapter and removes that folder
-(book/ is unchanged), and folders left by a killed runner are removed when the next one starts.
+For each chapter the runner validates the profile's parameters against the chapter's schema (before
+anything runs), skips the chapter when the hash of its source, its parameters and the ``helpers``
+package matches the hash stored in the executed copy, and otherwise executes it into a temporary
+file. On success the executed copy is moved into ``book/`` with papermill's injected-parameters cell
+tagged ``remove-cell`` (hidden in the HTML, kept for provenance) and the chapter's results record
+into ``book/results/``. On failure the run stops, names the chapter and the failing cell, and keeps
+the partial notebook in ``build/failed/``. A chapter runs in
+``build/running/<chapter>-<pid>-<random>/``; Ctrl-C prints one line naming the chapter and removes
+that folder (book/ is unchanged), and folders left by a killed runner are removed when the next one
+starts.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
 RESULTS = BOOK / "results"
 FAILED = REPO_ROOT / "build" / "failed"
-RUNNING = REPO_ROOT / "build" / "running"  # <chapter>-<pid>-<random>/: a chapter's execution folder while it runs
+# <chapter>-<pid>-<random>/: a chapter's execution folder while it runs
+RUNNING = REPO_ROOT / "build" / "running"
 META_KEY = "shortcut_book"
 KERNEL = "python3"
 
@@ -49,7 +53,8 @@ class ChapterFailed(RuntimeError):
 
 
 def clean_stale_runs() -> list[Path]:
-    """Delete the execution folders that a killed runner (SIGKILL, power loss) left behind: their PID is gone."""
+    """Delete the execution folders that a killed runner (SIGKILL, power loss) left behind: their
+    PID is gone."""
     removed = []
     for folder in RUNNING.glob("*-*-*"):
         pid = folder.name.rsplit("-", 2)[1]
@@ -68,13 +73,16 @@ def chapters(selection: list[str] | None = None) -> list[Path]:
     for sel in selection:
         hits = [p for p in found if p.stem == sel or p.stem.split("_", 1)[0] == sel]
         if not hits:
-            raise SystemExit(f"error: unknown chapter {sel!r} (chapters: {', '.join(p.stem for p in found)})")
+            raise SystemExit(
+                f"error: unknown chapter {sel!r} (chapters: {', '.join(p.stem for p in found)})"
+            )
         chosen += [h for h in hits if h not in chosen]
     return chosen
 
 
 def source_hash(src: Path, params: dict) -> str:
-    """What an executed copy depends on: the cells' sources, the parameters and the helpers modules it uses."""
+    """What an executed copy depends on: the cells' sources, the parameters and the helpers modules
+    it uses."""
     nb = nbformat.read(src, as_version=4)
     h = hashlib.sha256()
     for cell in nb.cells:
@@ -110,7 +118,8 @@ def _finalise(nb_path: Path, digest: str, profile: str) -> None:
 def _kernel_env(results_dir: Path) -> dict:
     env = dict(os.environ)
     env["SHORTCUT_BOOK_RESULTS"] = str(results_dir)
-    env.setdefault("TQDM_DISABLE", "1")  # widget progress bars cannot be rendered in the static book
+    # widget progress bars cannot be rendered in the static book
+    env.setdefault("TQDM_DISABLE", "1")
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return env
 
@@ -124,7 +133,9 @@ def _describe_failure(exc: Exception, partial: Path) -> str:
     try:
         nb = nbformat.read(partial, as_version=4)
         for i, c in enumerate(nb.cells):
-            if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+            if c.cell_type == "code" and any(
+                o.get("output_type") == "error" for o in c.get("outputs", [])
+            ):
                 first = c.source.strip().splitlines()[0] if c.source.strip() else ""
                 cell = f"cell {i} (execution count {c.get('execution_count')}): {first[:80]!r}"
                 break
@@ -137,8 +148,9 @@ def _describe_failure(exc: Exception, partial: Path) -> str:
 
 @contextlib.contextmanager
 def _stderr_to(path: Path):
-    """Point file descriptor 2 at ``path`` while a chapter runs: the kernel inherits it, so its warnings and the
-    tracebacks it prints when the runner stops it (Ctrl-C) go to this log instead of the terminal."""
+    """Point file descriptor 2 at ``path`` while a chapter runs: the kernel inherits it, so its
+    warnings and the tracebacks it prints when the runner stops it (Ctrl-C) go to this log instead
+    of the terminal."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "ab") as log:
@@ -169,23 +181,34 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
         kernel_log = Path(tmp) / "kernel-stderr.log"
         try:
             with _stderr_to(kernel_log):
-                pm.execute_notebook(str(src), str(tmp_nb), parameters=params, kernel_name=KERNEL,
-                                    cwd=str(NOTEBOOKS), progress_bar=False, log_output=False)
+                pm.execute_notebook(
+                    str(src),
+                    str(tmp_nb),
+                    parameters=params,
+                    kernel_name=KERNEL,
+                    cwd=str(NOTEBOOKS),
+                    progress_bar=False,
+                    log_output=False,
+                )
         except Exception as exc:  # noqa: BLE001 - papermill raises its own error types and kernel errors
             FAILED.mkdir(parents=True, exist_ok=True)
             kept = FAILED / src.name
             if tmp_nb.is_file():
                 shutil.copy(tmp_nb, kept)
             shutil.copy(kernel_log, FAILED / f"{src.stem}.kernel-stderr.log")
-            raise ChapterFailed(f"chapter {src.stem} failed at {_describe_failure(exc, tmp_nb)}\n"
-                                f"partial notebook kept at {_shown(kept)} (kernel log beside it)") from None
+            raise ChapterFailed(
+                f"chapter {src.stem} failed at {_describe_failure(exc, tmp_nb)}\npartial notebook "
+                f"kept at {_shown(kept)} (kernel log beside it)"
+            ) from None
         finally:
             os.environ.clear()
             os.environ.update(old_env)
         record = tmp_results / f"{src.stem}.json"
         if not record.is_file():
-            raise ChapterFailed(f"chapter {src.stem} ran but wrote no results record: its last cell must call "
-                                "run.finish(metrics=..., seeds=...)")
+            raise ChapterFailed(
+                f"chapter {src.stem} ran but wrote no results record: its last cell must call "
+                "run.finish(metrics=..., seeds=...)"
+            )
         _finalise(tmp_nb, digest, profile)
         BOOK.mkdir(exist_ok=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -203,15 +226,28 @@ def prepare(profile: str, out_dir: Path, selection: list[str] | None = None) -> 
     for src in chapters(selection):
         params = profile_values(src.stem, profile)
         dst = out_dir / src.name
-        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=KERNEL, prepare_only=True,
-                            progress_bar=False)
+        pm.execute_notebook(
+            str(src),
+            str(dst),
+            parameters=params,
+            kernel_name=KERNEL,
+            prepare_only=True,
+            progress_bar=False,
+        )
         written.append(dst)
     return written
 
 
 def build_html(output: Path | None = None) -> Path:
-    """Render the book (pre-executed notebooks only; execute_notebooks is 'off') to ``<output>/html``."""
-    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(REPO_ROOT), "--builder", "html"]
+    """Render the book (pre-executed notebooks only; execute_notebooks is 'off') to
+    ``<output>/html``."""
+    cmd = [
+        str(Path(sys.executable).with_name("jupyter-book")),
+        "build",
+        str(REPO_ROOT),
+        "--builder",
+        "html",
+    ]
     if output is not None:
         cmd += ["--path-output", str(output)]
     subprocess.run(cmd, check=True)
@@ -225,21 +261,33 @@ def _validate_all(srcs: list[Path], profile: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.book", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.book", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute chapters into book/ and build the HTML")
-    run_p.add_argument("--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)")
+    run_p.add_argument(
+        "--profile", default="quick", help=f"one of {', '.join(PROFILES)} (default: quick)"
+    )
     run_p.add_argument("--chapters", nargs="*", help="chapter numbers or stems (default: all)")
     run_p.add_argument("--force", action="store_true", help="re-execute even if nothing changed")
     run_p.add_argument("--no-html", action="store_true", help="skip jupyter-book build")
-    run_p.add_argument("--retrain", action="store_true",
-                       help="ignore cached checkpoints (train every network again), e.g. for the published copies")
+    run_p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="ignore cached checkpoints (train every network again), e.g. for the published copies",
+    )
     prep_p = sub.add_parser("prepare", help="write parameterised copies without executing them")
     prep_p.add_argument("--profile", default="smoke")
     prep_p.add_argument("--chapters", nargs="*")
     prep_p.add_argument("--out", type=Path, required=True)
     html_p = sub.add_parser("html", help="render book/ to _build/html")
-    html_p.add_argument("--output", type=Path, default=None, help="folder that receives _build/ (default: repo root)")
+    html_p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder that receives _build/ (default: repo root)",
+    )
     sub.add_parser("list", help="list chapters and whether their executed copy is current")
     args = parser.parse_args(argv)
 
@@ -254,22 +302,30 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "list":
             for src in chapters():
-                state = "current" if stored_hash(executed_path(src)) == source_hash(
-                    src, profile_values(src.stem, (stored_profile(src) or "quick"))) else "stale or missing"
+                state = (
+                    "current"
+                    if stored_hash(executed_path(src))
+                    == source_hash(src, profile_values(src.stem, (stored_profile(src) or "quick")))
+                    else "stale or missing"
+                )
                 print(f"{src.stem:<32} {stored_profile(src) or '-':<6} {state}")
             return 0
         srcs = chapters(args.chapters)
         _validate_all(srcs, args.profile)
         clean_stale_runs()
         if args.retrain:
-            os.environ["SHORTCUT_BOOK_RETRAIN"] = "1"  # inherited by the kernels; read by cached_run
+            # inherited by the kernels; read by cached_run
+            os.environ["SHORTCUT_BOOK_RETRAIN"] = "1"
         t_all = time.perf_counter()
         for i, src in enumerate(srcs, start=1):
             current = src.stem
             print(f"[{i}/{len(srcs)}] {src.stem} ({args.profile}) ...", flush=True)
             t0 = time.perf_counter()
             state = execute(src, args.profile, force=args.force)
-            print(f"[{i}/{len(srcs)}] {src.stem}: {state} in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(
+                f"[{i}/{len(srcs)}] {src.stem}: {state} in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
         print(f"all chapters done in {time.perf_counter() - t_all:.0f} s", flush=True)
         if not args.no_html:
             print(f"HTML in {build_html()}")
@@ -281,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        # One line instead of papermill's asyncio/zmq tracebacks; the chapter's execution folder is already gone
-        # (TemporaryDirectory) and book/ is written only after a chapter succeeds.
+        # One line instead of papermill's asyncio/zmq tracebacks; the chapter's execution folder is
+        # already gone (TemporaryDirectory) and book/ is written only after a chapter succeeds.
         what = f"chapter {current}" if current else f"'{args.command}'"
-        print(f"interrupted: {what} stopped before it finished; book/ is unchanged", file=sys.stderr)
+        print(
+            f"interrupted: {what} stopped before it finished; book/ is unchanged", file=sys.stderr
+        )
         return 130
 
 

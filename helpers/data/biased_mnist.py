@@ -1,15 +1,19 @@
-"""Biased MNIST (Bahng et al., 2020): the background colour of a digit predicts its class with probability ρ.
+"""Biased MNIST (Bahng et al., 2020): the background colour of a digit predicts its class with
+probability ρ.
 
 Construction, following ``clovaai/rebias`` (``datasets/colour_mnist.py``) but seeded:
 
-* stroke pixels (grey value ≠ 0) become pure white, background pixels (== 0) take the sample's colour;
-* per class y, a fraction ρ (``int(n·ρ)`` samples, as the reference) gets the class's own colour ``y``;
-  the remaining r samples are cut into consecutive chunks of ``ceil(r / n_confusing_labels)`` and each chunk
-  gets one of the colours ``(y+1) % 10 … (y+n_confusing_labels) % 10`` in a shuffled order;
+* stroke pixels (grey value ≠ 0) become pure white, background pixels (== 0) take the sample's
+  colour;
+* per class y, a fraction ρ (``int(n·ρ)`` samples, as the reference) gets the class's own colour
+  ``y``; the remaining r samples are cut into consecutive chunks of ``ceil(r / n_confusing_labels)``
+  and each chunk gets one of the colours ``(y+1) % 10 … (y+n_confusing_labels) % 10`` in a shuffled
+  order;
 * images are scaled to [-1, 1] (ToTensor + Normalize(0.5, 0.5) in the reference).
 
-Evaluation sets come from the MNIST test split: ``biased`` (ρ=1), ``unbiased`` (ρ=0.1, the "Unbiased" column
-of the paper's Table 1) and ``conflicting`` (ρ=0, every sample on another class's colour).
+Evaluation sets come from the MNIST test split: ``biased`` (ρ=1), ``unbiased`` (ρ=0.1, the
+"Unbiased" column of the paper's Table 1) and ``conflicting`` (ρ=0, every sample on another class's
+colour).
 """
 
 from __future__ import annotations
@@ -25,20 +29,31 @@ from helpers.tensordata import TensorData, random_subset
 # RGB 0-255, index = colour (bias) label; class y's aligned colour is index y.
 PALETTE = torch.tensor(
     [
-        (255, 0, 0),      # red
-        (0, 255, 0),      # green
-        (0, 0, 255),      # blue
-        (225, 225, 0),    # yellow (225, as the reference)
-        (225, 0, 225),    # magenta
-        (0, 255, 255),    # cyan
-        (255, 128, 0),    # orange
-        (255, 0, 128),    # pink
-        (128, 0, 255),    # violet
+        (255, 0, 0),  # red
+        (0, 255, 0),  # green
+        (0, 0, 255),  # blue
+        (225, 225, 0),  # yellow (225, as the reference)
+        (225, 0, 225),  # magenta
+        (0, 255, 255),  # cyan
+        (255, 128, 0),  # orange
+        (255, 0, 128),  # pink
+        (128, 0, 255),  # violet
         (128, 128, 128),  # grey
     ],
     dtype=torch.uint8,
 )
-COLOUR_NAMES = ["red", "green", "blue", "yellow", "magenta", "cyan", "orange", "pink", "violet", "grey"]
+COLOUR_NAMES = [
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "magenta",
+    "cyan",
+    "orange",
+    "pink",
+    "violet",
+    "grey",
+]
 EVAL_RHOS = {"biased": 1.0, "unbiased": 0.1, "conflicting": 0.0}
 
 
@@ -49,8 +64,12 @@ def _check_rho(rho: float, n_confusing_labels: int) -> None:
         raise ValueError(f"n_confusing_labels must be an int in [1, 9], got {n_confusing_labels!r}")
 
 
-def assign_colours(labels: torch.Tensor, rho: float, n_confusing_labels: int = 9,
-                   gen: torch.Generator | None = None) -> torch.Tensor:
+def assign_colours(
+    labels: torch.Tensor,
+    rho: float,
+    n_confusing_labels: int = 9,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """Colour (bias) label per sample, as the reference assigns them, but drawn from ``gen``."""
     _check_rho(rho, n_confusing_labels)
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
@@ -78,10 +97,11 @@ def n_conflicting(labels: torch.Tensor, rho: float) -> int:
 
 
 def colour_background(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """uint8 digits (N, 28, 28) → float (N, 3, 28, 28) in [-1, 1]: white strokes on the colour ``PALETTE[c]``."""
-    fg = (images != 0).unsqueeze(1)                                     # (N, 1, H, W)
+    """uint8 digits (N, 28, 28) → float (N, 3, 28, 28) in [-1, 1]: white strokes on the colour
+    ``PALETTE[c]``."""
+    fg = (images != 0).unsqueeze(1)  # (N, 1, H, W)
     bg = PALETTE[colours].to(torch.float32).div(255.0)[:, :, None, None]  # (N, 3, 1, 1)
-    rgb = torch.where(fg, torch.ones(()), bg)                           # (N, 3, H, W)
+    rgb = torch.where(fg, torch.ones(()), bg)  # (N, 3, H, W)
     return rgb.mul(2.0).sub(1.0)
 
 
@@ -90,15 +110,28 @@ def to_display(x: torch.Tensor) -> torch.Tensor:
     return x.add(1.0).div(2.0).clamp(0.0, 1.0)
 
 
-def make_biased_mnist(images: torch.Tensor, labels: torch.Tensor, rho: float, *, seed: int,
-                      n_confusing_labels: int = 9) -> TensorData:
+def make_biased_mnist(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    rho: float,
+    *,
+    seed: int,
+    n_confusing_labels: int = 9,
+) -> TensorData:
     """Colour one MNIST split at correlation ``rho``; deterministic for ``seed``."""
     colours = assign_colours(labels, rho, n_confusing_labels, generator(seed))
     return TensorData(colour_background(images, colours), labels.clone(), colours)
 
 
-def biased_mnist(rho: float, *, seed: int = 0, n_confusing_labels: int = 9, train_size: int | None = None,
-                 test_size: int | None = None, root=None) -> dict[str, TensorData]:
+def biased_mnist(
+    rho: float,
+    *,
+    seed: int = 0,
+    n_confusing_labels: int = 9,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    root=None,
+) -> dict[str, TensorData]:
     """Training set at ``rho`` plus the ``biased`` / ``unbiased`` / ``conflicting`` test sets.
 
     ``train_size`` / ``test_size`` take a random subset (same seed ⇒ same subset) for fast profiles.
@@ -108,8 +141,13 @@ def biased_mnist(rho: float, *, seed: int = 0, n_confusing_labels: int = 9, trai
     tr_x, tr_y = mnist["train_x"][keep], mnist["train_y"][keep]
     keep = random_subset(len(mnist["test_y"]), test_size, seed + 1, "test_size")
     te_x, te_y = mnist["test_x"][keep], mnist["test_y"][keep]
-    sets = {"train": make_biased_mnist(tr_x, tr_y, rho, seed=seed, n_confusing_labels=n_confusing_labels)}
+    sets = {
+        "train": make_biased_mnist(
+            tr_x, tr_y, rho, seed=seed, n_confusing_labels=n_confusing_labels
+        )
+    }
     for offset, (name, eval_rho) in enumerate(EVAL_RHOS.items(), start=1):
-        sets[name] = make_biased_mnist(te_x, te_y, eval_rho, seed=seed + 1000 * offset,
-                                       n_confusing_labels=n_confusing_labels)
+        sets[name] = make_biased_mnist(
+            te_x, te_y, eval_rho, seed=seed + 1000 * offset, n_confusing_labels=n_confusing_labels
+        )
     return sets

@@ -1,21 +1,23 @@
 """Two-modality Colored MNIST (the SMART-Lab BiasMitigation setting) and its late-fusion LeNet.
 
-Each sample is a pair of inputs: the plain grey MNIST image (1×28×28, pixels in [0, 1], never coloured) and a
-separate colour vector c ∈ [0, 1]³. In training the colour is tied to the label:
-``c_i = clip(C[y_i] + δ_i, 0, 1)``, with one random colour ``C[y] ~ U[0, 1]³`` per class and per-sample noise
-``δ_i ~ N(0, std²·I)`` drawn once. The evaluation sets, as the reference builds them plus one it lacks:
+Each sample is a pair of inputs: the plain grey MNIST image (1×28×28, pixels in [0, 1], never
+coloured) and a separate colour vector c ∈ [0, 1]³. In training the colour is tied to the label:
+``c_i = clip(C[y_i] + δ_i, 0, 1)``, with one random colour ``C[y] ~ U[0, 1]³`` per class and
+per-sample noise ``δ_i ~ N(0, std²·I)`` drawn once. The evaluation sets, as the reference builds
+them plus one it lacks:
 
-=====================  ===============================================================================
-``val_colored``,        the *training* colour table with fresh noise: in-distribution, still 100% biased
-``test_colored``
+=====================
+=============================================================================== ``val_colored``,
+the *training* colour table with fresh noise: in-distribution, still 100% biased ``test_colored``
 ``val_gray``,           every colour vector is the constant (1, 1, 1): the colour cue is removed
-``test_gray``
-``test_conflicting``    (added by the book) each image gets the colour of another class y' ≠ y, drawn
+``test_gray`` ``test_conflicting``    (added by the book) each image gets the colour of another
+class y' ≠ y, drawn
                         uniformly from the other nine; ``bias`` holds y'
-=====================  ===============================================================================
+=====================
+===============================================================================
 
-The reference draws the colour table, the 48k/12k split and the noise without seeds; here each has its own
-seed derived from one ``seed`` (see :func:`build_colored_mnist`).
+The reference draws the colour table, the 48k/12k split and the noise without seeds; here each has
+its own seed derived from one ``seed`` (see :func:`build_colored_mnist`).
 """
 
 from __future__ import annotations
@@ -35,17 +37,29 @@ NUM_CLASSES = 10
 TRAIN_SPLIT = 48_000  # of the official 60k training images; the other 12k are the validation set
 GRAY_COLOUR = (1.0, 1.0, 1.0)
 # Offsets that give every random draw its own stream, so changing one set never changes another.
-SEED_OFFSETS = {"colours": 0, "split": 1, "train": 2, "val_colored": 3, "test_colored": 4,
-                "conflict_labels": 5, "test_conflicting": 6, "subset": 7}
+SEED_OFFSETS = {
+    "colours": 0,
+    "split": 1,
+    "train": 2,
+    "val_colored": 3,
+    "test_colored": 4,
+    "conflict_labels": 5,
+    "test_conflicting": 6,
+    "subset": 7,
+}
 
 
 def colour_table(seed: int) -> torch.Tensor:
-    """One colour per class, i.i.d. Uniform[0, 1]³ (the reference's ``colors=[0, 1]``): shape (10, 3)."""
+    """One colour per class, i.i.d. Uniform[0, 1]³ (the reference's ``colors=[0, 1]``): shape (10,
+    3)."""
     return torch.rand(NUM_CLASSES, 3, generator=generator(seed))
 
 
-def colour_vectors(colour_labels: torch.Tensor, table: torch.Tensor, std: float, seed: int) -> torch.Tensor:
-    """``clip(table[colour_labels] + δ, 0, 1)`` with δ ~ N(0, std²) drawn once per sample: shape (N, 3)."""
+def colour_vectors(
+    colour_labels: torch.Tensor, table: torch.Tensor, std: float, seed: int
+) -> torch.Tensor:
+    """``clip(table[colour_labels] + δ, 0, 1)`` with δ ~ N(0, std²) drawn once per sample: shape (N,
+    3)."""
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std!r}")
     noise = torch.randn(len(colour_labels), 3, generator=generator(seed)) * std
@@ -59,8 +73,8 @@ def other_class(labels: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def min_colour_distance(table: torch.Tensor) -> tuple[float, int, int]:
-    """Smallest Euclidean distance between two class colours, and the two classes: near-twins weaken the
-    conflicting test (a 'wrong' colour that looks like the right one)."""
+    """Smallest Euclidean distance between two class colours, and the two classes: near-twins weaken
+    the conflicting test (a 'wrong' colour that looks like the right one)."""
     d = torch.cdist(table, table)
     d.fill_diagonal_(float("inf"))
     flat = int(d.argmin())
@@ -69,17 +83,21 @@ def min_colour_distance(table: torch.Tensor) -> tuple[float, int, int]:
 
 
 def _images(x_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) → float (N, 1, 28, 28) in [0, 1]: ToTensor() and nothing else, as the reference."""
+    """uint8 (N, 28, 28) → float (N, 1, 28, 28) in [0, 1]: ToTensor() and nothing else, as the
+    reference."""
     return x_uint8.to(torch.float32).div(255.0).unsqueeze(1)
 
 
-def _pair(x: torch.Tensor, y: torch.Tensor, colour: torch.Tensor, bias: torch.Tensor | None) -> TensorData:
+def _pair(
+    x: torch.Tensor, y: torch.Tensor, colour: torch.Tensor, bias: torch.Tensor | None
+) -> TensorData:
     return TensorData(x, y.clone(), bias, {"colour": colour})
 
 
 @dataclass
 class ColoredMNIST:
-    """The six sets (``data["train"]``, …) and the class colour table (10, 3) they were built with."""
+    """The six sets (``data["train"]``, …) and the class colour table (10, 3) they were built
+    with."""
 
     sets: dict[str, TensorData]
     table: torch.Tensor
@@ -88,22 +106,34 @@ class ColoredMNIST:
         return self.sets[name]
 
 
-def build_colored_mnist(*, seed: int, std: float = 0.1, train_size: int | None = None,
-                        val_size: int | None = None, test_size: int | None = None, root=None) -> ColoredMNIST:
-    """Build ``train``, ``val_colored``, ``val_gray``, ``test_colored``, ``test_gray``, ``test_conflicting``.
+def build_colored_mnist(
+    *,
+    seed: int,
+    std: float = 0.1,
+    train_size: int | None = None,
+    val_size: int | None = None,
+    test_size: int | None = None,
+    root=None,
+) -> ColoredMNIST:
+    """Build ``train``, ``val_colored``, ``val_gray``, ``test_colored``, ``test_gray``,
+    ``test_conflicting``.
 
-    Each is a TensorData with images ``x``, labels ``y``, ``extras["colour"]`` and ``bias`` = the class whose
-    colour the sample carries (None on the grey sets). ``train_size`` / ``val_size`` / ``test_size`` take
-    seeded random subsets of the 48k / 12k / 10k sets for fast profiles.
+    Each is a TensorData with images ``x``, labels ``y``, ``extras["colour"]`` and ``bias`` = the
+    class whose colour the sample carries (None on the grey sets). ``train_size`` / ``val_size`` /
+    ``test_size`` take seeded random subsets of the 48k / 12k / 10k sets for fast profiles.
     """
     mnist = load_mnist(root)
     table = colour_table(seed + SEED_OFFSETS["colours"])
     perm = torch.randperm(len(mnist["train_y"]), generator=generator(seed + SEED_OFFSETS["split"]))
     parts = {"train": perm[:TRAIN_SPLIT], "val": perm[TRAIN_SPLIT:]}
     for name, size in (("train", train_size), ("val", val_size)):
-        keep = random_subset(len(parts[name]), size, seed + SEED_OFFSETS["subset"] + len(name), f"{name}_size")
+        keep = random_subset(
+            len(parts[name]), size, seed + SEED_OFFSETS["subset"] + len(name), f"{name}_size"
+        )
         parts[name] = parts[name][keep]
-    te_keep = random_subset(len(mnist["test_y"]), test_size, seed + SEED_OFFSETS["subset"], "test_size")
+    te_keep = random_subset(
+        len(mnist["test_y"]), test_size, seed + SEED_OFFSETS["subset"], "test_size"
+    )
     te_x, te_y = mnist["test_x"][te_keep], mnist["test_y"][te_keep]
 
     tr_x, tr_y = _images(mnist["train_x"][parts["train"]]), mnist["train_y"][parts["train"]]
@@ -112,31 +142,48 @@ def build_colored_mnist(*, seed: int, std: float = 0.1, train_size: int | None =
     gray = lambda n: torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, colours=[1, 1]
     y_other = other_class(te_y, seed + SEED_OFFSETS["conflict_labels"])
     sets = {
-        "train": _pair(tr_x, tr_y, colour_vectors(tr_y, table, std, seed + SEED_OFFSETS["train"]), tr_y.clone()),
-        "val_colored": _pair(va_x, va_y, colour_vectors(va_y, table, std, seed + SEED_OFFSETS["val_colored"]),
-                             va_y.clone()),
+        "train": _pair(
+            tr_x, tr_y, colour_vectors(tr_y, table, std, seed + SEED_OFFSETS["train"]), tr_y.clone()
+        ),
+        "val_colored": _pair(
+            va_x,
+            va_y,
+            colour_vectors(va_y, table, std, seed + SEED_OFFSETS["val_colored"]),
+            va_y.clone(),
+        ),
         "val_gray": _pair(va_x, va_y, gray(len(va_y)), None),
-        "test_colored": _pair(te_x, te_y, colour_vectors(te_y, table, std, seed + SEED_OFFSETS["test_colored"]),
-                              te_y.clone()),
+        "test_colored": _pair(
+            te_x,
+            te_y,
+            colour_vectors(te_y, table, std, seed + SEED_OFFSETS["test_colored"]),
+            te_y.clone(),
+        ),
         "test_gray": _pair(te_x, te_y, gray(len(te_y)), None),
-        "test_conflicting": _pair(te_x, te_y, colour_vectors(y_other, table, std,
-                                                             seed + SEED_OFFSETS["test_conflicting"]), y_other),
+        "test_conflicting": _pair(
+            te_x,
+            te_y,
+            colour_vectors(y_other, table, std, seed + SEED_OFFSETS["test_conflicting"]),
+            y_other,
+        ),
     }
     return ColoredMNIST(sets, table)
 
 
 def coloured_digits(data: TensorData) -> torch.Tensor:
-    """For display only (the reference's ``visualize_samples``): grey digit × colour vector, (N, 3, 28, 28).
-    The model never sees this product."""
+    """For display only (the reference's ``visualize_samples``): grey digit × colour vector, (N, 3,
+    28, 28). The model never sees this product."""
     return data.x * data.extras["colour"][:, :, None, None]
 
 
 @torch.no_grad()
 def predict(model: nn.Module, data: TensorData, batch_size: int = 2048) -> torch.Tensor:
-    """Logits of a two-input model on every sample of ``data`` (eval mode; the previous mode is restored)."""
+    """Logits of a two-input model on every sample of ``data`` (eval mode; the previous mode is
+    restored)."""
     with eval_mode(model):
-        outs = [model(data.x[i : i + batch_size], data.extras["colour"][i : i + batch_size]).float()
-                for i in range(0, len(data), batch_size)]
+        outs = [
+            model(data.x[i : i + batch_size], data.extras["colour"][i : i + batch_size]).float()
+            for i in range(0, len(data), batch_size)
+        ]
     return torch.cat(outs)
 
 
@@ -145,5 +192,15 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
     return M.accuracy(data.y, predict(model, data).argmax(1))
 
 
-__all__ = ["ColoredMNIST", "build_colored_mnist", "colour_table", "colour_vectors", "other_class",
-           "min_colour_distance", "coloured_digits", "predict", "accuracy", "GRAY_COLOUR"]
+__all__ = [
+    "ColoredMNIST",
+    "build_colored_mnist",
+    "colour_table",
+    "colour_vectors",
+    "other_class",
+    "min_colour_distance",
+    "coloured_digits",
+    "predict",
+    "accuracy",
+    "GRAY_COLOUR",
+]

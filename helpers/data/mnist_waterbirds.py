@@ -1,50 +1,57 @@
-"""Waterbirds from MNIST: the offline default of the frozen-feature chapter (CAML and its baselines).
+"""Waterbirds from MNIST: the offline default of the frozen-feature chapter (CAML and its
+baselines).
 
-**Images.** Target ``y`` = digit group (0 for digits 0–4, "landbird-like"; 1 for digits 5–9, "waterbird-like").
-Bias ``b`` = background family (0 "land-like", 1 "water-like"). Each 28×28 image keeps the MNIST strokes as a
-light foreground and fills the rest with a background drawn at random *within* its family:
+**Images.** Target ``y`` = digit group (0 for digits 0–4, "landbird-like"; 1 for digits 5–9,
+"waterbird-like"). Bias ``b`` = background family (0 "land-like", 1 "water-like"). Each 28×28 image
+keeps the MNIST strokes as a light foreground and fills the rest with a background drawn at random
+*within* its family:
 
-* family 0 ("land"): warm, earthy hues (red, orange, ochre, olive; HSV hue in [0.00, 0.17]) in a blotchy
-  texture — a random 7×7 noise field upsampled bilinearly and used to mix two related shades;
-* family 1 ("water"): cool hues (cyan to blue; HSV hue in [0.50, 0.67]) in a wavy texture — sinusoidal
-  bands of random frequency, phase, tilt and ripple mixing two related shades.
+* family 0 ("land"): warm, earthy hues (red, orange, ochre, olive; HSV hue in [0.00, 0.17]) in a
+  blotchy texture — a random 7×7 noise field upsampled bilinearly and used to mix two related
+  shades;
+* family 1 ("water"): cool hues (cyan to blue; HSV hue in [0.50, 0.67]) in a wavy texture —
+  sinusoidal bands of random frequency, phase, tilt and ripple mixing two related shades.
 
-A square occluder of random side U[8, 16] pixels, placed at random over the central 20×20 region, erases the
-strokes it covers (the background shows through, like a bird half hidden by foliage): many digits stay legible,
-some become ambiguous, so the digit evidence in the features is graded rather than certain — as the bird evidence
-in ImageNet features of Waterbirds images is. Every draw (hues, saturation, brightness, texture, occluder,
-foreground grey level) comes from a generator seeded by the ``seed`` argument and a fixed per-purpose offset, so
-the same seed gives identical arrays.
+A square occluder of random side U[8, 16] pixels, placed at random over the central 20×20 region,
+erases the strokes it covers (the background shows through, like a bird half hidden by foliage):
+many digits stay legible, some become ambiguous, so the digit evidence in the features is graded
+rather than certain — as the bird evidence in ImageNet features of Waterbirds images is. Every draw
+(hues, saturation, brightness, texture, occluder, foreground grey level) comes from a generator
+seeded by the ``seed`` argument and a fixed per-purpose offset, so the same seed gives identical
+arrays.
 
 **Splits** (group g = 2·y + b; (0, 0) and (1, 1) are the majority groups as in Waterbirds):
 
 ======== ================================ =========================================================
-split    images                           group sizes (0,0) / (0,1) / (1,0) / (1,1)
-======== ================================ =========================================================
-train    MNIST training split             3498 / 184 / 56 / 1057 (Waterbirds' training proportions)
-val      MNIST training split, disjoint   group-balanced, ``n_val_per_group`` each
-test     MNIST test split                 group-balanced, ``n_test_per_group`` each
-encoder  MNIST training split, disjoint   ``n_encoder`` images, background family independent of digit
-======== ================================ =========================================================
+split    images                           group sizes (0,0) / (0,1) / (1,0) / (1,1) ========
+================================ ========================================================= train
+MNIST training split             3498 / 184 / 56 / 1057 (Waterbirds' training proportions) val
+MNIST training split, disjoint   group-balanced, ``n_val_per_group`` each test     MNIST test split
+group-balanced, ``n_test_per_group`` each encoder  MNIST training split, disjoint   ``n_encoder``
+images, background family independent of digit ======== ================================
+=========================================================
 
-**Frozen encoder.** A small CNN (three 3×3 conv layers, then a linear layer to ``feature_dim`` units and a
-ReLU) trained once, from a seeded initialisation, on the *encoder* images (disjoint from all three splits) to
-predict the digit identity (10 classes) and the background family at the same time — a different task than the
-target, as ImageNet classification is for Waterbirds. Background family is decodable from colour alone and is
-learned almost at once; the digit group has to be read from the shape through a narrow feature layer. The
-encoder is then frozen; its ``feature_dim``-d ReLU features of the three splits are written as a feature folder
-(:mod:`helpers.data.feature_folder`). Like ImageNet features on Waterbirds, both labels are linearly decodable but the
-background is the easier one, so an ERM head trained on the 95 %-aligned training split leans on it and fails on
-the minority groups. :func:`offline_feature_folder` measures this and returns it in ``info``: linear-probe
-accuracies (logistic regression fitted on the balanced val features, scored on the balanced test features) for
-the digit group, the background family and the 10-way digit identity, and an ERM logistic-regression head fitted
-on the training features with its worst-group and mean-of-groups test accuracy.
+**Frozen encoder.** A small CNN (three 3×3 conv layers, then a linear layer to ``feature_dim`` units
+and a ReLU) trained once, from a seeded initialisation, on the *encoder* images (disjoint from all
+three splits) to predict the digit identity (10 classes) and the background family at the same time
+— a different task than the target, as ImageNet classification is for Waterbirds. Background family
+is decodable from colour alone and is learned almost at once; the digit group has to be read from
+the shape through a narrow feature layer. The encoder is then frozen; its ``feature_dim``-d ReLU
+features of the three splits are written as a feature folder (:mod:`helpers.data.feature_folder`).
+Like ImageNet features on Waterbirds, both labels are linearly decodable but the background is the
+easier one, so an ERM head trained on the 95 %-aligned training split leans on it and fails on the
+minority groups. :func:`offline_feature_folder` measures this and returns it in ``info``:
+linear-probe accuracies (logistic regression fitted on the balanced val features, scored on the
+balanced test features) for the digit group, the background family and the 10-way digit identity,
+and an ERM logistic-regression head fitted on the training features with its worst-group and
+mean-of-groups test accuracy.
 
 The chapter prints its own run's measured values (probes, ERM heads) from ``info``.
 
-The folder is cached under ``<data root>/mnist_waterbirds/<key>`` where the key hashes every argument that
-changes the arrays (not the device); a re-run loads it in well under a second. Features built on a GPU differ
-from CPU-built ones in the last bits; the cache holds whichever was built first.
+The folder is cached under ``<data root>/mnist_waterbirds/<key>`` where the key hashes every
+argument that changes the arrays (not the device); a re-run loads it in well under a second.
+Features built on a GPU differ from CPU-built ones in the last bits; the cache holds whichever was
+built first.
 """
 
 from __future__ import annotations
@@ -58,13 +65,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from helpers.device import pick_device
-from helpers.data.feature_folder import FeatureSplit, load_feature_folder, read_meta, write_feature_folder
-from helpers.data.mnist import load_mnist
-from helpers.models import MultiTaskEncoder
 from helpers.cache import cache_root
+from helpers.data.feature_folder import (
+    FeatureSplit,
+    load_feature_folder,
+    read_meta,
+    write_feature_folder,
+)
+from helpers.data.mnist import load_mnist
+from helpers.device import pick_device
+from helpers.models import MultiTaskEncoder
 from helpers.seed import generator
 from helpers.tensordata import TensorData
 
@@ -77,7 +88,7 @@ VERSION = 1  # bump when the generator or the encoder changes: it is part of the
 SEED_OFFSETS = {"split": 0, "train": 1, "val": 2, "test": 3, "encoder": 4, "init": 5, "fit": 6}
 
 
-# ---------------------------------------------------------------------------------------------- images
+# ------------------------------------------------------------------------------------------- images
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Vectorised HSV → RGB for tensors of shape (N,): returns (N, 3)."""
     i = torch.floor(h * 6.0)
@@ -91,7 +102,8 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 
 def backgrounds(family: torch.Tensor, gen: torch.Generator, size: int = 28) -> torch.Tensor:
-    """One random background per entry of ``family`` (0 warm/blotchy, 1 cool/wavy): (N, 3, size, size) in [0, 1]."""
+    """One random background per entry of ``family`` (0 warm/blotchy, 1 cool/wavy): (N, 3, size,
+    size) in [0, 1]."""
     n = len(family)
     fam = family.long()
     lo = torch.tensor([FAMILY_HUES[0][0], FAMILY_HUES[1][0]])[fam]
@@ -104,22 +116,28 @@ def backgrounds(family: torch.Tensor, gen: torch.Generator, size: int = 28) -> t
     hue2 = (hue + 0.06 * (u[:, 3] - 0.5)).clamp(0, 1)
     c2 = _hsv_to_rgb(hue2, (sat * 0.8).clamp(0, 1), val * (0.45 + 0.3 * u[:, 4]))
     # texture in [0, 1]: blotches for family 0, waves for family 1
-    blotch = F.interpolate(torch.rand(n, 1, 7, 7, generator=gen), size=(size, size), mode="bilinear",
-                           align_corners=False)[:, 0]
+    blotch = F.interpolate(
+        torch.rand(n, 1, 7, 7, generator=gen),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0]
     coords = torch.arange(size, dtype=torch.float32)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     freq = (2.0 + 3.0 * u[:, 5])[:, None, None] / size
     tilt = (u[:, 6] - 0.5)[:, None, None]
     phase = 2 * torch.pi * u[:, 7][:, None, None]
     ripple = 1.5 * torch.sin(2 * torch.pi * xx[None] / 9.0 + phase)
-    waves = 0.5 + 0.5 * torch.sin(2 * torch.pi * freq * (yy[None] + tilt * xx[None] + ripple) + phase)
+    waves = 0.5 + 0.5 * torch.sin(
+        2 * torch.pi * freq * (yy[None] + tilt * xx[None] + ripple) + phase
+    )
     texture = torch.where(fam[:, None, None] == 0, blotch, waves)
     return c1[:, :, None, None] * (1 - texture[:, None]) + c2[:, :, None, None] * texture[:, None]
 
 
 def occlude(alpha: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Zero a random square of side U[OCCLUSION_MAX/2, OCCLUSION_MAX] inside the central 20×20 region of each
-    (N, H, W) stroke map."""
+    """Zero a random square of side U[OCCLUSION_MAX/2, OCCLUSION_MAX] inside the central 20×20
+    region of each (N, H, W) stroke map."""
     n, size = alpha.shape[0], alpha.shape[-1]
     u = torch.rand(n, 3, generator=gen)
     side = (OCCLUSION_MAX * (0.5 + 0.5 * u[:, 0])).round()
@@ -132,8 +150,8 @@ def occlude(alpha: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def compose(digits_uint8: torch.Tensor, family: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """MNIST strokes (N, 28, 28) uint8, partly occluded, as a light-grey foreground over family backgrounds:
-    (N, 3, 28, 28) in [0, 1]."""
+    """MNIST strokes (N, 28, 28) uint8, partly occluded, as a light-grey foreground over family
+    backgrounds: (N, 3, 28, 28) in [0, 1]."""
     alpha = occlude(digits_uint8.float().div(255.0), gen)[:, None]
     bg = backgrounds(family, gen, size=digits_uint8.shape[-1])
     fg = (0.75 + 0.25 * torch.rand(len(family), 1, 1, 1, generator=gen)).expand(-1, 3, 1, 1)
@@ -156,9 +174,16 @@ def _check_counts(name: str, value, length: int | None = None) -> None:
             raise ValueError(f"{name} must hold positive ints, got {value!r}")
 
 
-def _split_indices(mnist: dict, seed: int, n_train_groups, n_val_per_group: int, n_test_per_group: int,
-                   n_encoder: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Indices into MNIST and bias labels per split: {split: (mnist index, bias)}; 'test' indexes the test set."""
+def _split_indices(
+    mnist: dict,
+    seed: int,
+    n_train_groups,
+    n_val_per_group: int,
+    n_test_per_group: int,
+    n_encoder: int,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Indices into MNIST and bias labels per split: {split: (mnist index, bias)}; 'test' indexes
+    the test set."""
     gen = generator(seed * 1000 + SEED_OFFSETS["split"])
     out = {}
     train_y = (mnist["train_y"] >= 5).long()
@@ -172,8 +197,14 @@ def _split_indices(mnist: dict, seed: int, n_train_groups, n_val_per_group: int,
             chosen = _pick(pool, want, gen, f"{split} split, digit group {y}")
             free[chosen] = False
             idx.append(chosen)
-            bias.append(torch.cat([torch.zeros(per_group[2 * y], dtype=torch.long),
-                                   torch.ones(per_group[2 * y + 1], dtype=torch.long)]))
+            bias.append(
+                torch.cat(
+                    [
+                        torch.zeros(per_group[2 * y], dtype=torch.long),
+                        torch.ones(per_group[2 * y + 1], dtype=torch.long),
+                    ]
+                )
+            )
         idx, bias = torch.cat(idx), torch.cat(bias)
         perm = torch.randperm(len(idx), generator=gen)
         out[split] = (idx[perm], bias[perm])
@@ -193,20 +224,31 @@ def _split_indices(mnist: dict, seed: int, n_train_groups, n_val_per_group: int,
 
 
 def _make(mnist: dict, split: str, idx: torch.Tensor, bias: torch.Tensor, seed: int) -> TensorData:
-    src_x, src_y = (mnist["test_x"], mnist["test_y"]) if split == "test" else (mnist["train_x"], mnist["train_y"])
+    src_x, src_y = (
+        (mnist["test_x"], mnist["test_y"])
+        if split == "test"
+        else (mnist["train_x"], mnist["train_y"])
+    )
     digits = src_y[idx]
     x = compose(src_x[idx], bias, generator(seed * 1000 + SEED_OFFSETS[split]))
     return TensorData(x, (digits >= 5).long(), bias.clone(), {"digit": digits.clone()})
 
 
-def build_images(seed: int, n_train_groups=WATERBIRDS_TRAIN_GROUPS, n_val_per_group: int = 250,
-                 n_test_per_group: int = 500, n_encoder: int = 10000, root=None,
-                 include_encoder: bool = False) -> dict[str, TensorData]:
+def build_images(
+    seed: int,
+    n_train_groups=WATERBIRDS_TRAIN_GROUPS,
+    n_val_per_group: int = 250,
+    n_test_per_group: int = 500,
+    n_encoder: int = 10000,
+    root=None,
+    include_encoder: bool = False,
+) -> dict[str, TensorData]:
     """The image splits ``train``, ``val``, ``test`` (and ``encoder`` when ``include_encoder``).
 
-    Each is a :class:`~helpers.tensordata.TensorData` with ``x`` (N, 3, 28, 28) float in [0, 1], ``y`` = digit
-    group (0/1), ``bias`` = background family (0/1) and ``extras["digit"]`` = the MNIST digit (0–9).
-    ``n_train_groups`` are the four training group sizes in the order (0,0), (0,1), (1,0), (1,1).
+    Each is a :class:`~helpers.tensordata.TensorData` with ``x`` (N, 3, 28, 28) float in [0, 1],
+    ``y`` = digit group (0/1), ``bias`` = background family (0/1) and ``extras["digit"]`` = the
+    MNIST digit (0–9). ``n_train_groups`` are the four training group sizes in the order (0,0),
+    (0,1), (1,0), (1,1).
     """
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -215,15 +257,25 @@ def build_images(seed: int, n_train_groups=WATERBIRDS_TRAIN_GROUPS, n_val_per_gr
     _check_counts("n_test_per_group", n_test_per_group)
     _check_counts("n_encoder", n_encoder)
     mnist = load_mnist(root)
-    parts = _split_indices(mnist, seed, n_train_groups, n_val_per_group, n_test_per_group, n_encoder)
+    parts = _split_indices(
+        mnist, seed, n_train_groups, n_val_per_group, n_test_per_group, n_encoder
+    )
     names = ("train", "val", "test", "encoder") if include_encoder else ("train", "val", "test")
     return {s: _make(mnist, s, *parts[s], seed) for s in names}
 
 
-# ---------------------------------------------------------------------------------------------- encoder
-def train_encoder(data: TensorData, feature_dim: int, epochs: int, seed: int, device,
-                  batch_size: int = 128, lr: float = 2e-3):
-    """Train :class:`MultiTaskEncoder` on ``data`` (extras['digit'] and bias) through :func:`helpers.train.fit`."""
+# ------------------------------------------------------------------------------------------ encoder
+def train_encoder(
+    data: TensorData,
+    feature_dim: int,
+    epochs: int,
+    seed: int,
+    device,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+):
+    """Train :class:`MultiTaskEncoder` on ``data`` (extras['digit'] and bias) through
+    :func:`helpers.train.fit`."""
     from helpers.train import fit
 
     torch.manual_seed(seed * 1000 + SEED_OFFSETS["init"])
@@ -238,50 +290,73 @@ def train_encoder(data: TensorData, feature_dim: int, epochs: int, seed: int, de
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss_digit": loss_d, "loss_family": loss_f,
-                "acc_digit": (d_logits.argmax(1) == batch.extras["digit"]).float().mean(),
-                "acc_family": (f_logits.argmax(1) == batch.bias).float().mean()}
+        return {
+            "loss_digit": loss_d,
+            "loss_family": loss_f,
+            "acc_digit": (d_logits.argmax(1) == batch.extras["digit"]).float().mean(),
+            "acc_family": (f_logits.argmax(1) == batch.bias).float().mean(),
+        }
 
-    history = fit(data.to(device), step, epochs=epochs, batch_size=batch_size, modules=model,
-                  seed=seed * 1000 + SEED_OFFSETS["fit"], desc="encoder")
+    history = fit(
+        data.to(device),
+        step,
+        epochs=epochs,
+        batch_size=batch_size,
+        modules=model,
+        seed=seed * 1000 + SEED_OFFSETS["fit"],
+        desc="encoder",
+    )
     model.eval()
     return model, history
 
 
 @torch.no_grad()
-def encode(model: MultiTaskEncoder, x: torch.Tensor, device, batch_size: int = 1024) -> torch.Tensor:
-    outs = [model.features(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+def encode(
+    model: MultiTaskEncoder, x: torch.Tensor, device, batch_size: int = 1024
+) -> torch.Tensor:
+    outs = [
+        model.features(x[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(outs)
 
 
-# ---------------------------------------------------------------------------------------------- probes
+# ------------------------------------------------------------------------------------------- probes
 def _logreg(x_fit: np.ndarray, y_fit: np.ndarray, C: float = 1.0, max_iter: int = 2000):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter)).fit(x_fit, y_fit)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter)).fit(
+        x_fit, y_fit
+    )
 
 
-def linear_probes(splits: dict[str, FeatureSplit], digits: dict[str, torch.Tensor] | None = None) -> dict:
+def linear_probes(
+    splits: dict[str, FeatureSplit], digits: dict[str, torch.Tensor] | None = None
+) -> dict:
     """Linear decodability and an ERM linear head.
 
-    Probes: logistic regression fitted on the balanced ``val`` features, accuracy on the balanced ``test``
-    features, for the digit group (target), the background family (bias) and, when ``digits`` are given, the
-    10-way digit identity. ERM head: logistic regression fitted on the ``train`` features (Waterbirds
-    proportions), scored on ``test`` per group.
+    Probes: logistic regression fitted on the balanced ``val`` features, accuracy on the balanced
+    ``test`` features, for the digit group (target), the background family (bias) and, when
+    ``digits`` are given, the 10-way digit identity. ERM head: logistic regression fitted on the
+    ``train`` features (Waterbirds proportions), scored on ``test`` per group.
     """
     from helpers.metrics import group_accuracy, mean_of_groups_accuracy, worst_group_accuracy
 
     va, te, tr = splits["val"], splits["test"], splits["train"]
     out = {}
-    for name, fit_y, test_y in (("probe_digit_acc", va.targets, te.targets),
-                                ("probe_background_acc", va.bias, te.bias)):
+    for name, fit_y, test_y in (
+        ("probe_digit_acc", va.targets, te.targets),
+        ("probe_background_acc", va.bias, te.bias),
+    ):
         clf = _logreg(va.feats.numpy(), fit_y.numpy())
         out[name] = float((clf.predict(te.feats.numpy()) == test_y.numpy()).mean())
     if digits is not None:
         clf = _logreg(va.feats.numpy(), digits["val"].numpy())
-        out["probe_digit10_acc"] = float((clf.predict(te.feats.numpy()) == digits["test"].numpy()).mean())
+        out["probe_digit10_acc"] = float(
+            (clf.predict(te.feats.numpy()) == digits["test"].numpy()).mean()
+        )
     erm = _logreg(tr.feats.numpy(), tr.targets.numpy())
     pred = erm.predict(te.feats.numpy())
     table = group_accuracy(te.targets.numpy(), te.bias.numpy(), pred, 2, 2)
@@ -291,30 +366,48 @@ def linear_probes(splits: dict[str, FeatureSplit], digits: dict[str, torch.Tenso
     return out
 
 
-# ---------------------------------------------------------------------------------------------- the folder
+# --------------------------------------------------------------------------------------- the folder
 def _cache_key(args: dict) -> str:
     blob = json.dumps(args, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def offline_feature_folder(seed: int = 0, root=None, encoder_epochs: int = 8, n_val_per_group: int = 250,
-                           n_test_per_group: int = 500, device=None, feature_dim: int = 32,
-                           n_encoder: int = 10000, n_train_groups=WATERBIRDS_TRAIN_GROUPS,
-                           verbose: bool = True, force: bool = False) -> tuple[Path, dict]:
-    """Build (or load from the cache) the offline Waterbirds-from-MNIST feature folder; return ``(path, info)``.
+def offline_feature_folder(
+    seed: int = 0,
+    root=None,
+    encoder_epochs: int = 8,
+    n_val_per_group: int = 250,
+    n_test_per_group: int = 500,
+    device=None,
+    feature_dim: int = 32,
+    n_encoder: int = 10000,
+    n_train_groups=WATERBIRDS_TRAIN_GROUPS,
+    verbose: bool = True,
+    force: bool = False,
+) -> tuple[Path, dict]:
+    """Build (or load from the cache) the offline Waterbirds-from-MNIST feature folder; return
+    ``(path, info)``.
 
-    ``info`` holds ``probe_digit_acc``, ``probe_background_acc``, ``probe_digit10_acc``, ``feature_dim``,
-    ``group_counts`` (split → list of 4), the ERM linear head's ``erm_linear_worst`` /
-    ``erm_linear_mean_of_groups`` / ``erm_linear_group_acc``, the encoder's final training accuracies,
-    ``build_seconds`` and the arguments; it is stored in the folder's ``meta.json``. ``force=True`` (or the
-    environment variable ``SHORTCUT_BOOK_RETRAIN=1``, which the book runner sets) rebuilds even when cached.
+    ``info`` holds ``probe_digit_acc``, ``probe_background_acc``, ``probe_digit10_acc``,
+    ``feature_dim``, ``group_counts`` (split → list of 4), the ERM linear head's
+    ``erm_linear_worst`` / ``erm_linear_mean_of_groups`` / ``erm_linear_group_acc``, the encoder's
+    final training accuracies, ``build_seconds`` and the arguments; it is stored in the folder's
+    ``meta.json``. ``force=True`` (or the environment variable ``SHORTCUT_BOOK_RETRAIN=1``, which
+    the book runner sets) rebuilds even when cached.
     """
     for name, v in (("encoder_epochs", encoder_epochs), ("feature_dim", feature_dim)):
         _check_counts(name, v)
     _check_counts("n_train_groups", n_train_groups, 4)
-    args = {"version": VERSION, "seed": seed, "encoder_epochs": encoder_epochs, "n_val_per_group": n_val_per_group,
-            "n_test_per_group": n_test_per_group, "feature_dim": feature_dim, "n_encoder": n_encoder,
-            "n_train_groups": [int(c) for c in n_train_groups]}
+    args = {
+        "version": VERSION,
+        "seed": seed,
+        "encoder_epochs": encoder_epochs,
+        "n_val_per_group": n_val_per_group,
+        "n_test_per_group": n_test_per_group,
+        "feature_dim": feature_dim,
+        "n_encoder": n_encoder,
+        "n_train_groups": [int(c) for c in n_train_groups],
+    }
     folder = cache_root(root) / "mnist_waterbirds" / _cache_key(args)
     force = force or os.environ.get("SHORTCUT_BOOK_RETRAIN") == "1"
     if not force and folder.is_dir() and (folder / "meta.json").is_file():
@@ -328,29 +421,54 @@ def offline_feature_folder(seed: int = 0, root=None, encoder_epochs: int = 8, n_
             pass  # corrupted: rebuild below
     t0 = time.perf_counter()
     dev = pick_device(None if device in (None, "auto") else str(device))
-    images = build_images(seed, n_train_groups, n_val_per_group, n_test_per_group, n_encoder, root=root,
-                          include_encoder=True)
+    images = build_images(
+        seed,
+        n_train_groups,
+        n_val_per_group,
+        n_test_per_group,
+        n_encoder,
+        root=root,
+        include_encoder=True,
+    )
     model, history = train_encoder(images["encoder"], feature_dim, encoder_epochs, seed, dev)
-    splits = {s: FeatureSplit(encode(model, images[s].x, dev), images[s].y.clone(), images[s].bias.clone())
-              for s in ("train", "val", "test")}
+    splits = {
+        s: FeatureSplit(
+            encode(model, images[s].x, dev), images[s].y.clone(), images[s].bias.clone()
+        )
+        for s in ("train", "val", "test")
+    }
     info = dict(args)
     info.update(linear_probes(splits, {s: images[s].extras["digit"] for s in ("val", "test")}))
     last = history.rows[-1]
-    info.update({
-        "feature_dim": feature_dim,
-        "group_counts": {s: splits[s].group_counts() for s in ("train", "val", "test")},
-        "encoder_train_acc_digit": last["acc_digit"],
-        "encoder_train_acc_family": last["acc_family"],
-        "encoder": "MultiTaskEncoder (3 conv + linear + ReLU), trained on 10-digit + background-family labels",
-        "build_device": str(dev),
-        "build_seconds": round(time.perf_counter() - t0, 2),
-        "source": "offline-mnist",
-    })
+    info.update(
+        {
+            "feature_dim": feature_dim,
+            "group_counts": {s: splits[s].group_counts() for s in ("train", "val", "test")},
+            "encoder_train_acc_digit": last["acc_digit"],
+            "encoder_train_acc_family": last["acc_family"],
+            "encoder": "MultiTaskEncoder (3 conv + linear + ReLU), trained on 10-digit + "
+            "background-family labels",
+            "build_device": str(dev),
+            "build_seconds": round(time.perf_counter() - t0, 2),
+            "source": "offline-mnist",
+        }
+    )
     write_feature_folder(folder, splits, meta=info, overwrite=True)
     if verbose:
         print(f"offline feature folder: built in {info['build_seconds']:.1f} s → {folder}")
     return folder, info
 
 
-__all__ = ["WATERBIRDS_TRAIN_GROUPS", "TARGET_NAMES", "BIAS_NAMES", "build_images", "backgrounds", "compose",
-           "MultiTaskEncoder", "train_encoder", "encode", "linear_probes", "offline_feature_folder"]
+__all__ = [
+    "WATERBIRDS_TRAIN_GROUPS",
+    "TARGET_NAMES",
+    "BIAS_NAMES",
+    "build_images",
+    "backgrounds",
+    "compose",
+    "MultiTaskEncoder",
+    "train_encoder",
+    "encode",
+    "linear_probes",
+    "offline_feature_folder",
+]

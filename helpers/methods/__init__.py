@@ -1,1 +1,2 @@
-"""The methods the chapters teach: losses, step functions and their training recipes, one module each."""
+"""The methods the chapters teach: losses, step functions and their training recipes, one module
+each."""

@@ -1,12 +1,13 @@
 """FGSM and CW-L2 through the Adversarial Robustness Toolbox (ART), for models on [-1, 1] images.
 
-The attacks come from a maintained library rather than being written by hand: ART's ``FastGradientMethod``
-(L∞, one signed-gradient step) and ``CarliniL2Method`` (untargeted CW-L2). The book's models read images in
-[-1, 1]; the attacks here work in pixel units [0, 1] (as in the reference, whose MNIST lies in [0, 1]), so ε is
-a fraction of the full grey range and the adversarial images are clipped to the valid range. Inputs and
-outputs of these functions are [-1, 1] tensors on the caller's device. The model's train/eval mode is
-restored afterwards, and the model stays on its device (ART itself runs on CPU or CUDA; a model on another
-device is attacked through a CPU copy).
+The attacks come from a maintained library rather than being written by hand: ART's
+``FastGradientMethod`` (L∞, one signed-gradient step) and ``CarliniL2Method`` (untargeted CW-L2).
+The book's models read images in [-1, 1]; the attacks here work in pixel units [0, 1] (as in the
+reference, whose MNIST lies in [0, 1]), so ε is a fraction of the full grey range and the
+adversarial images are clipped to the valid range. Inputs and outputs of these functions are [-1, 1]
+tensors on the caller's device. The model's train/eval mode is restored afterwards, and the model
+stays on its device (ART itself runs on CPU or CUDA; a model on another device is attacked through a
+CPU copy).
 """
 
 from __future__ import annotations
@@ -36,24 +37,41 @@ def _classifier(model: nn.Module, x: torch.Tensor, num_classes: int):
 
     dev = next(model.parameters()).device
     if dev.type not in ("cpu", "cuda"):
-        # ART runs on CPU or CUDA only and moves the model it wraps onto its device: attack a CPU copy
-        # (e.g. for MPS) so that the caller's model stays where it is.
+        # ART runs on CPU or CUDA only and moves the model it wraps onto its device: attack a CPU
+        # copy (e.g. for MPS) so that the caller's model stays where it is.
         model = copy.deepcopy(model).cpu()
-    return PyTorchClassifier(model=_UnitInput(model), loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                             nb_classes=num_classes, clip_values=(0.0, 1.0),
-                             device_type="gpu" if dev.type == "cuda" else "cpu")
+    return PyTorchClassifier(
+        model=_UnitInput(model),
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if dev.type == "cuda" else "cpu",
+    )
 
 
 def _check(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dim() != 4 or len(x) != len(y):
-        raise ValueError(f"x must be (N, C, H, W) with N = len(y), got {tuple(x.shape)} and {len(y)} labels")
+        raise ValueError(
+            f"x must be (N, C, H, W) with N = len(y), got {tuple(x.shape)} and {len(y)} labels"
+        )
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, batch_size: int = 256,
-         num_classes: int = 10, keep_misclassified: bool = True) -> torch.Tensor:
-    """FGSM images x_adv = clip(x + ε·sign(∇ₓCE)) with ε in [0, 1] pixel units; returns [-1, 1] images.
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    batch_size: int = 256,
+    num_classes: int = 10,
+    keep_misclassified: bool = True,
+) -> torch.Tensor:
+    """FGSM images x_adv = clip(x + ε·sign(∇ₓCE)) with ε in [0, 1] pixel units; returns [-1, 1]
+    images.
 
-    ``keep_misclassified`` keeps images the model already gets wrong unchanged, as the reference does.
+    ``keep_misclassified`` keeps images the model already gets wrong unchanged, as the reference
+    does.
     """
     from art.attacks.evasion import FastGradientMethod
 
@@ -75,9 +93,19 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, batc
     return out.to(x.dtype)
 
 
-def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_iter: int = 10,
-          binary_search_steps: int = 3, initial_const: float = 0.1, learning_rate: float = 0.01,
-          confidence: float = 0.0, batch_size: int = 64, num_classes: int = 10) -> torch.Tensor:
+def cw_l2(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_iter: int = 10,
+    binary_search_steps: int = 3,
+    initial_const: float = 0.1,
+    learning_rate: float = 0.01,
+    confidence: float = 0.0,
+    batch_size: int = 64,
+    num_classes: int = 10,
+) -> torch.Tensor:
     """Untargeted Carlini–Wagner L2 attack (ART); returns [-1, 1] images."""
     from art.attacks.evasion import CarliniL2Method
 
@@ -91,20 +119,33 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_iter: int =
     with eval_mode(model):
         clf = _classifier(model, x, num_classes)
         x01 = ((x.detach().float() + 1.0) / 2.0).cpu().numpy()
-        attack = CarliniL2Method(clf, confidence=confidence, targeted=False, learning_rate=learning_rate,
-                                 binary_search_steps=binary_search_steps, max_iter=max_iter,
-                                 initial_const=initial_const, batch_size=batch_size, verbose=False)
+        attack = CarliniL2Method(
+            clf,
+            confidence=confidence,
+            targeted=False,
+            learning_rate=learning_rate,
+            binary_search_steps=binary_search_steps,
+            max_iter=max_iter,
+            initial_const=initial_const,
+            batch_size=batch_size,
+            verbose=False,
+        )
         adv = attack.generate(x=x01, y=y.cpu().numpy())
     return (torch.from_numpy(adv).to(dev) * 2.0 - 1.0).to(x.dtype)
 
 
 @torch.no_grad()
 def _predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size].float()).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [model(x[i : i + batch_size].float()).argmax(1) for i in range(0, len(x), batch_size)]
+    )
 
 
-def accuracy_under_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
-    """Fraction of images still classified correctly after the attack (correct after attack / total)."""
+def accuracy_under_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
+) -> float:
+    """Fraction of images still classified correctly after the attack (correct after attack /
+    total)."""
     with eval_mode(model):
         return float((_predict_labels(model, x_adv) == y).float().mean())
 

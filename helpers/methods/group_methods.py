@@ -1,10 +1,12 @@
 """Group-robustness baselines as small heads on frozen features: ERM, JTT, LfF, GroupDRO, DFR.
 
-All neural heads are :class:`helpers.caml.Adapter` (D → 128 tanh → 2) trained by :func:`helpers.train.fit` with
-Adam; the methods differ only in the step function or the sampler. Selection: worst-group accuracy on the
-group-balanced validation split for JTT, GroupDRO (as in their papers); plain validation accuracy for ERM; LfF keeps
-its last epoch (as in its official code). DFR is a logistic regression on the validation features.
+All neural heads are :class:`helpers.caml.Adapter` (D → 128 tanh → 2) trained by
+:func:`helpers.train.fit` with Adam; the methods differ only in the step function or the sampler.
+Selection: worst-group accuracy on the group-balanced validation split for JTT, GroupDRO (as in
+their papers); plain validation accuracy for ERM; LfF keeps its last epoch (as in its official
+code). DFR is a logistic regression on the validation features.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,24 +16,38 @@ import torch.nn.functional as F
 from helpers import metrics as M
 from helpers.models import Adapter
 from helpers.tensordata import TensorData
-from helpers.train import (Batch, KeepBest, TrainConfig, TrainResult, accuracy_on, fit, predict, supervised_step,
-                           weighted)
+from helpers.train import (
+    Batch,
+    KeepBest,
+    TrainConfig,
+    TrainResult,
+    accuracy_on,
+    fit,
+    predict,
+    supervised_step,
+    weighted,
+)
 
 GROUP_NAMES = ["y0/b0", "y0/b1", "y1/b0", "y1/b1"]
 
 
-# ------------------------------------------------------------------------------------------------ metrics
+# ------------------------------------------------------------------------------------------ metrics
 def group_metrics(y, bias, pred, train_counts) -> dict:
-    """Worst-group, mean-of-groups (the CAML code's "average"), plain and training-group-weighted accuracy.
+    """Worst-group, mean-of-groups (the CAML code's "average"), plain and training-group-weighted
+    accuracy.
 
     ``train_counts`` are the training-set counts of the four groups g = 2*y + bias (a list of 4).
     """
     y, bias, pred = (np.asarray(torch.as_tensor(v).cpu()) for v in (y, bias, pred))
     table = M.group_accuracy(y, bias, pred, 2, 2)
     counts = np.asarray(train_counts, dtype=float).reshape(2, 2)
-    return {"worst": M.worst_group_accuracy(table), "mean_of_groups": M.mean_of_groups_accuracy(table),
-            "plain": M.accuracy(y, pred), "weighted": M.weighted_accuracy(table, counts),
-            "group_acc": table.tolist()}
+    return {
+        "worst": M.worst_group_accuracy(table),
+        "mean_of_groups": M.mean_of_groups_accuracy(table),
+        "plain": M.accuracy(y, pred),
+        "weighted": M.weighted_accuracy(table, counts),
+        "group_acc": table.tolist(),
+    }
 
 
 def worst_group_on(model, data: TensorData) -> float:
@@ -39,23 +55,41 @@ def worst_group_on(model, data: TensorData) -> float:
     return M.worst_group_accuracy(M.group_accuracy(data.y.cpu(), data.bias.cpu(), pred.cpu(), 2, 2))
 
 
-# ---------------------------------------------------------------------------------------------------- ERM
-def train_erm(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, select: str = "plain",
-              desc: str = "ERM") -> TrainResult:
-    """Plain ERM (shuffled batches); keep the epoch with the best ``select`` ("plain" or "worst") val accuracy."""
+# ---------------------------------------------------------------------------------------------- ERM
+def train_erm(
+    model: Adapter,
+    train: TensorData,
+    val: TensorData,
+    cfg: TrainConfig,
+    *,
+    select: str = "plain",
+    desc: str = "ERM",
+) -> TrainResult:
+    """Plain ERM (shuffled batches); keep the epoch with the best ``select`` ("plain" or "worst")
+    val accuracy."""
     if select not in ("plain", "worst"):
         raise ValueError(f"select must be 'plain' or 'worst', got {select!r}")
     opt = cfg.adam(model.parameters())
     score = accuracy_on if select == "plain" else worst_group_on
     keep = KeepBest(model, "val_score")
-    h = fit(train, supervised_step(model, opt), epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model,
-            seed=cfg.seed, desc=desc, evaluate=lambda: {"val_score": score(model, val)}, callbacks=[keep])
+    h = fit(
+        train,
+        supervised_step(model, opt),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        modules=model,
+        seed=cfg.seed,
+        desc=desc,
+        evaluate=lambda: {"val_score": score(model, val)},
+        callbacks=[keep],
+    )
     return TrainResult(h, keep.restore())
 
 
-# ---------------------------------------------------------------------------------------------------- JTT
+# ---------------------------------------------------------------------------------------------- JTT
 def jtt_weights(wrong: torch.Tensor, upweight: float) -> torch.Tensor:
-    """Sampling weight ``upweight`` for the error set, 1 for the rest (JTT's up-sampling as a sampler)."""
+    """Sampling weight ``upweight`` for the error set, 1 for the rest (JTT's up-sampling as a
+    sampler)."""
     if upweight < 1:
         raise ValueError(f"upweight must be >= 1, got {upweight}")
     return torch.where(wrong.bool(), torch.tensor(float(upweight)), torch.tensor(1.0))
@@ -66,33 +100,60 @@ def jtt_error_set(model, train: TensorData) -> torch.Tensor:
     return (predict(model, train).argmax(1) != train.y).cpu()
 
 
-def train_jtt(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, id_epochs: int,
-              upweight: float, desc: str = "JTT") -> TrainResult:
-    """JTT: ERM for ``id_epochs`` → error set → fresh head trained with the error set up-sampled ``upweight``×."""
+def train_jtt(
+    model: Adapter,
+    train: TensorData,
+    val: TensorData,
+    cfg: TrainConfig,
+    *,
+    id_epochs: int,
+    upweight: float,
+    desc: str = "JTT",
+) -> TrainResult:
+    """JTT: ERM for ``id_epochs`` → error set → fresh head trained with the error set up-sampled
+    ``upweight``×."""
     if int(id_epochs) < 1:
         raise ValueError(f"id_epochs must be >= 1, got {id_epochs}")
     ident = Adapter(train.x.shape[1]).to(train.device)
     opt = cfg.adam(ident.parameters())
-    fit(train, supervised_step(ident, opt), epochs=id_epochs, batch_size=cfg.batch_size, modules=ident, seed=cfg.seed,
-        desc=f"{desc} id")
+    fit(
+        train,
+        supervised_step(ident, opt),
+        epochs=id_epochs,
+        batch_size=cfg.batch_size,
+        modules=ident,
+        seed=cfg.seed,
+        desc=f"{desc} id",
+    )
     wrong = jtt_error_set(ident, train)
     w = jtt_weights(wrong, upweight)
     opt = cfg.adam(model.parameters())
     keep = KeepBest(model, "val_worst")
-    h = fit(train, supervised_step(model, opt), epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model,
-            seed=cfg.seed + 7, desc=desc, sampler=weighted(w), evaluate=lambda: {"val_worst": worst_group_on(model, val)},
-            callbacks=[keep])
+    h = fit(
+        train,
+        supervised_step(model, opt),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        modules=model,
+        seed=cfg.seed + 7,
+        desc=desc,
+        sampler=weighted(w),
+        evaluate=lambda: {"val_worst": worst_group_on(model, val)},
+        callbacks=[keep],
+    )
     groups = torch.bincount((2 * train.y + train.bias).cpu()[wrong], minlength=4).tolist()
-    return TrainResult(h, keep.restore(), {"error_set_size": int(wrong.sum()), "error_set_groups": groups})
+    return TrainResult(
+        h, keep.restore(), {"error_set_size": int(wrong.sum()), "error_set_groups": groups}
+    )
 
 
-# ---------------------------------------------------------------------------------------------------- LfF
+# ---------------------------------------------------------------------------------------------- LfF
 def gce_loss(logits: torch.Tensor, y: torch.Tensor, q: float = 0.7) -> torch.Tensor:
     """Generalised CE as LfF's code writes it: ``CE * q * stopgrad(p_y)^q`` (per sample)."""
     if not 0 < q <= 1:
         raise ValueError(f"q must be in (0, 1], got {q}")
     p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1).detach()
-    return F.cross_entropy(logits, y, reduction="none") * (p ** q) * q
+    return F.cross_entropy(logits, y, reduction="none") * (p**q) * q
 
 
 def lff_weights(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
@@ -102,9 +163,11 @@ def lff_weights(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
 
 
 class _EMA:
-    """Per-sample exponential moving average of a loss, normalised by its class maximum (as LfF's code).
+    """Per-sample exponential moving average of a loss, normalised by its class maximum (as LfF's
+    code).
 
-    The first visit of a sample stores its loss itself; later visits do ``e <- alpha * e + (1 - alpha) * loss``.
+    The first visit of a sample stores its loss itself; later visits do ``e <- alpha * e + (1 -
+    alpha) * loss``.
     """
 
     def __init__(self, y: torch.Tensor, alpha: float):
@@ -118,15 +181,25 @@ class _EMA:
         self.value[idx] = keep * self.value[idx] + (1 - keep) * loss.float()
         self.seen[idx] = True
         out = self.value[idx].clone()
-        # per-class maxima over the whole set, on the device (values are >= 0, so 0 outside a class is neutral)
+        # per-class maxima over the whole set, on the device (values are >= 0, so 0 outside a class
+        # is neutral)
         top = torch.where(self.class_masks, self.value, 0.0).amax(1).clamp_min(1e-8)
         yb = self.y[idx]
         return torch.where(yb == 0, out / top[0], torch.where(yb == 1, out / top[1], out))
 
 
-def train_lff(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, q: float = 0.7,
-              alpha: float = 0.7, desc: str = "LfF") -> TrainResult:
-    """LfF: a GCE-trained biased head and the debiased ``model`` trained with relative-difficulty weights."""
+def train_lff(
+    model: Adapter,
+    train: TensorData,
+    val: TensorData,
+    cfg: TrainConfig,
+    *,
+    q: float = 0.7,
+    alpha: float = 0.7,
+    desc: str = "LfF",
+) -> TrainResult:
+    """LfF: a GCE-trained biased head and the debiased ``model`` trained with relative-difficulty
+    weights."""
     if not 0 <= alpha < 1:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     biased = Adapter(train.x.shape[1]).to(train.device)
@@ -138,22 +211,43 @@ def train_lff(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConf
         ce_b = F.cross_entropy(lb_logits, batch.y, reduction="none").detach()
         ce_d = F.cross_entropy(ld_logits, batch.y, reduction="none").detach()
         w = lff_weights(ema_b.update(batch.idx, ce_b), ema_d.update(batch.idx, ce_d))
-        loss = gce_loss(lb_logits, batch.y, q).mean() + (F.cross_entropy(ld_logits, batch.y, reduction="none") * w).mean()
+        loss = (
+            gce_loss(lb_logits, batch.y, q).mean()
+            + (F.cross_entropy(ld_logits, batch.y, reduction="none") * w).mean()
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return {"loss": loss, "mean_weight": w.mean()}
 
-    h = fit(train, step, epochs=cfg.epochs, batch_size=cfg.batch_size, modules=[model, biased], seed=cfg.seed,
-            desc=desc,
-            evaluate=lambda: {"val_worst": worst_group_on(model, val), "biased_val_worst": worst_group_on(biased, val)})
+    h = fit(
+        train,
+        step,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        modules=[model, biased],
+        seed=cfg.seed,
+        desc=desc,
+        evaluate=lambda: {
+            "val_worst": worst_group_on(model, val),
+            "biased_val_worst": worst_group_on(biased, val),
+        },
+    )
     return TrainResult(h, cfg.epochs, {"biased": biased})  # LfF keeps its last epoch
 
 
-# ----------------------------------------------------------------------------------------------- GroupDRO
-def train_groupdro(model: Adapter, train: TensorData, val: TensorData, cfg: TrainConfig, *, eta: float = 0.01,
-                   desc: str = "GroupDRO") -> TrainResult:
-    """GroupDRO with training group labels (oracle): loss ``sum_g q_g l_g``, ``q ← q exp(eta l_g)``, normalised."""
+# ----------------------------------------------------------------------------------------- GroupDRO
+def train_groupdro(
+    model: Adapter,
+    train: TensorData,
+    val: TensorData,
+    cfg: TrainConfig,
+    *,
+    eta: float = 0.01,
+    desc: str = "GroupDRO",
+) -> TrainResult:
+    """GroupDRO with training group labels (oracle): loss ``sum_g q_g l_g``, ``q ← q exp(eta l_g)``,
+    normalised."""
     if eta <= 0:
         raise ValueError(f"eta must be > 0, got {eta}")
     opt = cfg.adam(model.parameters())
@@ -163,7 +257,8 @@ def train_groupdro(model: Adapter, train: TensorData, val: TensorData, cfg: Trai
         nonlocal q
         g = 2 * batch.y + batch.bias
         per = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-        # counts by comparison, not bincount: on CUDA bincount reads its input's max back to the host every step
+        # counts by comparison, not bincount: on CUDA bincount reads its input's max back to the
+        # host every step
         counts = (g[:, None] == torch.arange(4, device=g.device)).sum(0).float()
         group_loss = torch.zeros(4, device=per.device).index_add(0, g, per) / counts.clamp_min(1)
         q = q * torch.exp(eta * group_loss.detach())
@@ -175,28 +270,42 @@ def train_groupdro(model: Adapter, train: TensorData, val: TensorData, cfg: Trai
         return {"loss": loss, "q_min": q.min()}
 
     keep = KeepBest(model, "val_worst")
-    h = fit(train, step, epochs=cfg.epochs, batch_size=cfg.batch_size, modules=model, seed=cfg.seed, desc=desc,
-            evaluate=lambda: {"val_worst": worst_group_on(model, val)}, callbacks=[keep])
+    h = fit(
+        train,
+        step,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        modules=model,
+        seed=cfg.seed,
+        desc=desc,
+        evaluate=lambda: {"val_worst": worst_group_on(model, val)},
+        callbacks=[keep],
+    )
     return TrainResult(h, keep.restore(), {"q": q.cpu().tolist()})
 
 
-# ---------------------------------------------------------------------------------------------------- DFR
+# ---------------------------------------------------------------------------------------------- DFR
 def train_dfr(val: TensorData, seed: int, cs=(0.1, 0.3, 1.0, 3.0, 10.0)):
-    """DFR^Val: L1 logistic regression on standardised (group-balanced) val features; C tuned on a val half.
+    """DFR^Val: L1 logistic regression on standardised (group-balanced) val features; C tuned on a
+    val half.
 
-    The val split is halved (seeded); each C is fitted on one half and scored by worst-group accuracy on the other;
-    the chosen C is refitted on all of val. Returns a callable ``predict(feats) -> labels`` and the chosen C.
+    The val split is halved (seeded); each C is fitted on one half and scored by worst-group
+    accuracy on the other; the chosen C is refitted on all of val. Returns a callable
+    ``predict(feats) -> labels`` and the chosen C.
 
-    Simplifications of DFR's script: the feature folder's val split is already group-balanced, so DFR's 20 refits on
-    group-balanced subsamples of val would all see the same samples and are replaced by one fit on all of val; the
-    scaler is fitted on val (DFR's final fit uses the training features); the C grid is this function's ``cs``. The
-    seed only changes the half-split used to choose C, so different seeds often give the very same classifier.
+    Simplifications of DFR's script: the feature folder's val split is already group-balanced, so
+    DFR's 20 refits on group-balanced subsamples of val would all see the same samples and are
+    replaced by one fit on all of val; the scaler is fitted on val (DFR's final fit uses the
+    training features); the C grid is this function's ``cs``. The seed only changes the half-split
+    used to choose C, so different seeds often give the very same classifier.
     """
+    import sklearn
     from sklearn.linear_model import LogisticRegression
 
-    import sklearn
-
-    new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)  # `penalty` deprecated in 1.8
+    new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (
+        1,
+        8,
+    )  # `penalty` deprecated in 1.8
 
     def logreg(c):  # L1 with liblinear, as DFR's code
         l1 = {"l1_ratio": 1.0} if new_api else {"penalty": "l1"}
@@ -208,7 +317,7 @@ def train_dfr(val: TensorData, seed: int, cs=(0.1, 0.3, 1.0, 3.0, 10.0)):
     xs = (x - mu) / sd
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(y))
-    a, t = perm[: len(y) // 2], perm[len(y) // 2:]
+    a, t = perm[: len(y) // 2], perm[len(y) // 2 :]
     best_c, best = None, -1.0
     for c in cs:
         clf = logreg(c).fit(xs[a], y[a])
@@ -223,5 +332,16 @@ def train_dfr(val: TensorData, seed: int, cs=(0.1, 0.3, 1.0, 3.0, 10.0)):
     return predict_fn, best_c
 
 
-__all__ = ["GROUP_NAMES", "group_metrics", "train_erm", "jtt_weights", "jtt_error_set", "train_jtt", "gce_loss",
-           "lff_weights", "train_lff", "train_groupdro", "train_dfr"]
+__all__ = [
+    "GROUP_NAMES",
+    "group_metrics",
+    "train_erm",
+    "jtt_weights",
+    "jtt_error_set",
+    "train_jtt",
+    "gce_loss",
+    "lff_weights",
+    "train_lff",
+    "train_groupdro",
+    "train_dfr",
+]

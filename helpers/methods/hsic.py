@@ -1,4 +1,5 @@
 """HSIC estimators with an RBF kernel (Gretton et al. 2005; Song et al. 2012), as used by ReBias."""
+
 import torch
 
 from helpers.device import full_precision
@@ -14,12 +15,15 @@ def rbf_kernel(x: torch.Tensor, sigma: float) -> torch.Tensor:
     with full_precision(x.device):
         x = x.flatten(1).float()
         sq = (x * x).sum(1)
-        d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)  # clamp: rounding can go slightly negative
+        d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(
+            0
+        )  # clamp: rounding can go slightly negative
         return torch.exp(-d2 / (2 * sigma**2))
 
 
 def median_sigma(x: torch.Tensor) -> float:
-    """Median heuristic: sqrt of the median within-batch pairwise squared distance (off-diagonal)."""
+    """Median heuristic: sqrt of the median within-batch pairwise squared distance
+    (off-diagonal)."""
     with full_precision(x.device):
         x = x.flatten(1).float()
         d2 = torch.cdist(x, x).pow(2)
@@ -39,9 +43,9 @@ def hsic_biased(x, y, sigma_x=1.0, sigma_y=1.0) -> torch.Tensor:
     _check_pair(x, y, 2)
     m = len(x)
     with full_precision(x.device):
-        k, l = rbf_kernel(x, sigma_x), rbf_kernel(y, sigma_y)
-        kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()  # H K H
-        return (kc * l).sum() / (m - 1) ** 2
+        K, L = rbf_kernel(x, sigma_x), rbf_kernel(y, sigma_y)
+        Kc = K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()  # H K H
+        return (Kc * L).sum() / (m - 1) ** 2
 
 
 def hsic_unbiased(x, y, sigma_x=1.0, sigma_y=1.0) -> torch.Tensor:
@@ -50,9 +54,9 @@ def hsic_unbiased(x, y, sigma_x=1.0, sigma_y=1.0) -> torch.Tensor:
     m = len(x)
     eye = torch.eye(m, dtype=torch.bool, device=x.device)
     with full_precision(x.device):
-        k = rbf_kernel(x, sigma_x).masked_fill(eye, 0)
-        l = rbf_kernel(y, sigma_y).masked_fill(eye, 0)
-        term1 = (k * l).sum()  # tr(K L) for symmetric L
-        term2 = k.sum() * l.sum() / ((m - 1) * (m - 2))
-        term3 = 2 / (m - 2) * (k.sum(0) * l.sum(1)).sum()  # 1' K L 1
+        K = rbf_kernel(x, sigma_x).masked_fill(eye, 0)
+        L = rbf_kernel(y, sigma_y).masked_fill(eye, 0)
+        term1 = (K * L).sum()  # tr(K L) for symmetric L
+        term2 = K.sum() * L.sum() / ((m - 1) * (m - 2))
+        term3 = 2 / (m - 2) * (K.sum(0) * L.sum(1)).sum()  # 1' K L 1
         return (term1 + term2 - term3) / (m * (m - 3))

@@ -1,16 +1,19 @@
-"""MaskTune (Taghanaki et al., NeurIPS 2022): mask what the ERM model looked at, fine-tune one epoch.
+"""MaskTune (Taghanaki et al., NeurIPS 2022): mask what the ERM model looked at, fine-tune one
+epoch.
 
-Masks are *keep-masks*: 1 where a pixel survives, 0 where it is erased. Every rule takes saliency maps
-(N, H, W) with values in [0, 1] (the output of :func:`helpers.saliency.saliency_maps`) and erases the most
-salient pixels:
+Masks are *keep-masks*: 1 where a pixel survives, 0 where it is erased. Every rule takes saliency
+maps (N, H, W) with values in [0, 1] (the output of :func:`helpers.saliency.saliency_maps`) and
+erases the most salient pixels:
 
 * ``official`` — the official code: per image, μ and σ of the *positive* saliency values only; erase
   pixels with A > μ + 2σ (the parameter, default 2, is the multiple of σ);
 * ``threshold`` τ — erase pixels with A > τ;
-* ``top_k`` k — erase pixels above the (1 − k) quantile of the image's map, about the top fraction k;
+* ``top_k`` k — erase pixels above the (1 − k) quantile of the image's map, about the top fraction
+  k;
 * ``mean`` s — erase pixels with A > s · mean(A).
 
-The last three are the variants of the popular re-implementation (there on 8×8 maps; here on the 28×28 maps).
+The last three are the variants of the popular re-implementation (there on 8×8 maps; here on the
+28×28 maps).
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ def official_keep_mask(maps: torch.Tensor, n_std: float = 2.0) -> torch.Tensor:
     pos = flat > 0
     n = pos.sum(1).clamp_min(1)
     mu = (flat * pos).sum(1) / n
-    var = (((flat - mu[:, None]) ** 2) * pos).sum(1) / n          # population std, as numpy's nanstd
+    var = (((flat - mu[:, None]) ** 2) * pos).sum(1) / n  # population std, as numpy's nanstd
     tau = mu + n_std * var.sqrt()
-    keep = (flat <= tau[:, None]) | ~pos.any(1, keepdim=True)      # an all-zero map erases nothing
+    keep = (flat <= tau[:, None]) | ~pos.any(1, keepdim=True)  # an all-zero map erases nothing
     return keep.view_as(maps)
 
 
@@ -53,12 +56,14 @@ def threshold_keep_mask(maps: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def top_k_keep_mask(maps: torch.Tensor, k: float) -> torch.Tensor:
-    """Erase A > q, q = the (1 − k) quantile of each map (linear interpolation, as numpy.percentile)."""
+    """Erase A > q, q = the (1 − k) quantile of each map (linear interpolation, as
+    numpy.percentile)."""
     _check_maps(maps)
     if not 0.0 < k < 1.0:
         raise ValueError(f"k must lie in (0, 1), got {k}")
     flat = maps.flatten(1).float()
-    # per-row quantile by sorting (torch.quantile refuses inputs above 16M elements, e.g. 48k maps of 28×28)
+    # per-row quantile by sorting (torch.quantile refuses inputs above 16M elements, e.g. 48k maps
+    # of 28×28)
     ranked = flat.sort(dim=1).values
     pos = (1.0 - k) * (flat.shape[1] - 1)
     lo, frac = int(pos), pos - int(pos)
@@ -76,7 +81,9 @@ def mean_keep_mask(maps: torch.Tensor, s: float) -> torch.Tensor:
     return maps <= s * mean[:, None, None]
 
 
-def keep_mask(maps: torch.Tensor, rule: str = "official", param: float | None = None) -> torch.Tensor:
+def keep_mask(
+    maps: torch.Tensor, rule: str = "official", param: float | None = None
+) -> torch.Tensor:
     """Dispatch to one rule; ``param`` is n_std / τ / k / s (None means the official n_std of 2)."""
     if rule == "official":
         return official_keep_mask(maps, 2.0 if param is None else param)
@@ -92,9 +99,12 @@ def keep_mask(maps: torch.Tensor, rule: str = "official", param: float | None = 
 
 
 def apply_mask(data: TensorData, keep: torch.Tensor) -> TensorData:
-    """Masked copy of ``data``: image × keep-mask on every channel; labels, bias and extras unchanged."""
+    """Masked copy of ``data``: image × keep-mask on every channel; labels, bias and extras
+    unchanged."""
     if keep.shape != (data.x.shape[0], *data.x.shape[-2:]):
-        raise ValueError(f"keep must have shape {(data.x.shape[0], *data.x.shape[-2:])}, got {tuple(keep.shape)}")
+        raise ValueError(
+            f"keep must have shape {(data.x.shape[0], *data.x.shape[-2:])}, got {tuple(keep.shape)}"
+        )
     x = data.x * keep.to(device=data.x.device, dtype=data.x.dtype).unsqueeze(1)
     return TensorData(x, data.y, data.bias, dict(data.extras))
 
@@ -104,15 +114,33 @@ def erased_fraction(keep: torch.Tensor) -> float:
     return float(1.0 - keep.float().mean())
 
 
-def masktune_finetune(model: nn.Module, optimizer: torch.optim.Optimizer, masked_train: TensorData, *,
-                      batch_size: int, seed: int, evaluate=None, desc: str = "MaskTune") -> History:
-    """MaskTune's second stage: exactly ONE epoch of cross-entropy over the masked training set only.
+def masktune_finetune(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    masked_train: TensorData,
+    *,
+    batch_size: int,
+    seed: int,
+    evaluate=None,
+    desc: str = "MaskTune",
+) -> History:
+    """MaskTune's second stage: exactly ONE epoch of cross-entropy over the masked training set
+    only.
 
-    ``model`` and ``optimizer`` should hold what the official code loads: the *last* ERM weights with their SGD
-    state (momentum buffers, learning rate), although the masks came from the *best* checkpoint. The model
-    trains in train mode, so BatchNorm statistics adapt to the masked images; no learning-rate step.
+    ``model`` and ``optimizer`` should hold what the official code loads: the *last* ERM weights
+    with their SGD state (momentum buffers, learning rate), although the masks came from the *best*
+    checkpoint. The model trains in train mode, so BatchNorm statistics adapt to the masked images;
+    no learning-rate step.
     """
     if len(masked_train) == 0:
         raise ValueError("masked_train is empty")
-    return fit(masked_train, supervised_step(model, optimizer), epochs=1, batch_size=batch_size, modules=model,
-               seed=seed, evaluate=evaluate, desc=desc)
+    return fit(
+        masked_train,
+        supervised_step(model, optimizer),
+        epochs=1,
+        batch_size=batch_size,
+        modules=model,
+        seed=seed,
+        evaluate=evaluate,
+        desc=desc,
+    )

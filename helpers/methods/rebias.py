@@ -1,27 +1,32 @@
 """ReBias (Bahng et al. 2020) and its baselines as step functions for ``helpers.train.fit``.
 
-Every method trains a shape-capable network ``f`` (``SimpleConvNet(7)``) next to a colour-only network ``g``
-(``SimpleConvNet(1)``); the networks need ``forward_with_features`` (logits and the pooled features).
+Every method trains a shape-capable network ``f`` (``SimpleConvNet(7)``) next to a colour-only
+network ``g`` (``SimpleConvNet(1)``); the networks need ``forward_with_features`` (logits and the
+pooled features).
 
-* :func:`independent_step` - Vanilla (f) and Biased (g) in one run: two plain cross-entropy updates, no coupling.
+* :func:`independent_step` - Vanilla (f) and Biased (g) in one run: two plain cross-entropy updates,
+  no coupling.
 * :func:`rebias_step` - g minimises CE - λ_g·HSIC(g, f), then f minimises CE + λ_f·HSIC(f, g).
 * :func:`rubi_step` - RUBi (Cadene et al. 2019): f's logits are masked by sigmoid(W·g_feat + c).
-* :func:`learned_mixin_step` - LearnedMixin+H (Clark et al. 2019): f is trained in an ensemble with a frozen,
-  pre-trained g whose logits are scaled by a learned gate s(x) = softplus(w·f_feat + c), plus an entropy penalty.
-* :func:`build` makes the networks, optimisers and step of one method by name; :func:`train` runs it.
+* :func:`learned_mixin_step` - LearnedMixin+H (Clark et al. 2019): f is trained in an ensemble with
+  a frozen, pre-trained g whose logits are scaled by a learned gate s(x) = softplus(w·f_feat + c),
+  plus an entropy penalty.
+* :func:`build` makes the networks, optimisers and step of one method by name; :func:`train` runs
+  it.
 
-In each step the partner network's features are detached (computed without a graph), so one network's update
-never moves the other and no gradient is computed only to be discarded.
+In each step the partner network's features are detached (computed without a graph), so one
+network's update never moves the other and no gradient is computed only to be discarded.
 
-The reference implementation never trains the extra linear layers of RUBi and LearnedMixin: they are meant to be
-added to f's optimiser, but the check ``'fc' in criterion.__dict__`` is always False for an ``nn.Module``. Here the
-extra layer gets its own optimiser ``opt_extra``; pass ``opt_extra=None`` to reproduce the reference behaviour
-(the layer keeps its random initial weights).
+The reference implementation never trains the extra linear layers of RUBi and LearnedMixin: they are
+meant to be added to f's optimiser, but the check ``'fc' in criterion.__dict__`` is always False for
+an ``nn.Module``. Here the extra layer gets its own optimiser ``opt_extra``; pass ``opt_extra=None``
+to reproduce the reference behaviour (the layer keeps its random initial weights).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,21 +52,29 @@ def _acc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _descend(loss: torch.Tensor, *optimizers: torch.optim.Optimizer | None) -> None:
-    """One gradient step on ``loss`` for each optimiser given; ``None`` stands for a layer left untrained."""
+    """One gradient step on ``loss`` for each optimiser given; ``None`` stands for a layer left
+    untrained."""
     active = [opt for opt in optimizers if opt is not None]
     for opt in active:
         opt.zero_grad(set_to_none=True)
-    # fit calls the step inside autocast; backward outside it runs each op in its forward's dtype, so HSIC's
-    # gradient stays float32 (inside it, the backward matmuls of the kernel would be recast to bf16)
+    # fit calls the step inside autocast; backward outside it runs each op in its forward's dtype,
+    # so HSIC's gradient stays float32 (inside it, the backward matmuls of the kernel would be
+    # recast to bf16)
     with full_precision(loss.device):
         loss.backward()
     for opt in active:
         opt.step()
 
 
-def independent_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
-                     sigma: float = 1.0) -> StepFn:
-    """Vanilla f and Biased g trained side by side with plain cross-entropy (the reference's λ_f = λ_g = 0).
+def independent_step(
+    f: nn.Module,
+    g: nn.Module,
+    opt_f: torch.optim.Optimizer,
+    opt_g: torch.optim.Optimizer,
+    sigma: float = 1.0,
+) -> StepFn:
+    """Vanilla f and Biased g trained side by side with plain cross-entropy (the reference's λ_f =
+    λ_g = 0).
 
     HSIC(f, g) is only *measured* (no gradient) so that its curve can be compared with ReBias's.
     """
@@ -75,24 +88,39 @@ def independent_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, o
         f_logits, f_feat = f.forward_with_features(batch.x)
         loss_f = F.cross_entropy(f_logits, batch.y)
         _descend(loss_f, opt_f)
-        out = {"loss": loss_f.detach(), "acc": _acc(f_logits, batch.y), "g_loss": loss_g.detach(),
-               "g_acc": _acc(g_logits, batch.y)}
+        out = {
+            "loss": loss_f.detach(),
+            "acc": _acc(f_logits, batch.y),
+            "g_loss": loss_g.detach(),
+            "g_acc": _acc(g_logits, batch.y),
+        }
         if len(batch) >= 4:
             with torch.no_grad():
-                out["hsic"] = hsic_unbiased(f_feat.detach().float(), g_feat.detach().float(), sigma, sigma)
+                out["hsic"] = hsic_unbiased(
+                    f_feat.detach().float(), g_feat.detach().float(), sigma, sigma
+                )
         return out
 
     return step
 
 
-def rebias_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
-                lambda_f: float = 1.0, lambda_g: float = 1.0, sigma: float = 1.0,
-                estimator: str = "unbiased") -> StepFn:
-    """g minimises CE - λ_g·HSIC(g, f) first, then f minimises CE + λ_f·HSIC(f, g), on the same batch.
+def rebias_step(
+    f: nn.Module,
+    g: nn.Module,
+    opt_f: torch.optim.Optimizer,
+    opt_g: torch.optim.Optimizer,
+    lambda_f: float = 1.0,
+    lambda_g: float = 1.0,
+    sigma: float = 1.0,
+    estimator: str = "unbiased",
+) -> StepFn:
+    """g minimises CE - λ_g·HSIC(g, f) first, then f minimises CE + λ_f·HSIC(f, g), on the same
+    batch.
 
-    f's forward pass is computed once: the g-step only needs f's (detached) features, and f does not change
-    during the g-step, so the f-step reuses that forward pass (the reference runs f twice; the gradients are the
-    same, only f's BatchNorm running statistics are updated once per iteration instead of twice).
+    f's forward pass is computed once: the g-step only needs f's (detached) features, and f does not
+    change during the g-step, so the f-step reuses that forward pass (the reference runs f twice;
+    the gradients are the same, only f's BatchNorm running statistics are updated once per iteration
+    instead of twice).
     """
     _check_nonneg(lambda_f=lambda_f, lambda_g=lambda_g)
     if not (isinstance(sigma, (int, float)) and sigma > 0):
@@ -116,21 +144,33 @@ def rebias_step(f: nn.Module, g: nn.Module, opt_f: torch.optim.Optimizer, opt_g:
         ce_f = F.cross_entropy(f_logits, batch.y)
         loss_f = ce_f + lambda_f * hsic_f
         _descend(loss_f, opt_f)
-        return {"loss": ce_f.detach(), "acc": _acc(f_logits, batch.y), "hsic": hsic_f.detach(),
-                "g_loss": loss_g.detach(), "g_acc": _acc(g_logits, batch.y)}
+        return {
+            "loss": ce_f.detach(),
+            "acc": _acc(f_logits, batch.y),
+            "hsic": hsic_f.detach(),
+            "g_loss": loss_g.detach(),
+            "g_acc": _acc(g_logits, batch.y),
+        }
 
     return step
 
 
-def rubi_step(f: nn.Module, g: nn.Module, head: nn.Module, opt_f: torch.optim.Optimizer,
-              opt_g: torch.optim.Optimizer, opt_extra: torch.optim.Optimizer | None,
-              question_weight: float = 1.0) -> StepFn:
-    """RUBi: g trains with its own CE; f minimises CE(f_logits · sigmoid(b), y) + w·CE(b, y) with
-    b = head(g_feat) on the features of the just-updated g, without a gradient into g (the reference multiplies
-    g's gradient by 0).
+def rubi_step(
+    f: nn.Module,
+    g: nn.Module,
+    head: nn.Module,
+    opt_f: torch.optim.Optimizer,
+    opt_g: torch.optim.Optimizer,
+    opt_extra: torch.optim.Optimizer | None,
+    question_weight: float = 1.0,
+) -> StepFn:
+    """RUBi: g trains with its own CE; f minimises CE(f_logits · sigmoid(b), y) + w·CE(b, y) with b
+    = head(g_feat) on the features of the just-updated g, without a gradient into g (the reference
+    multiplies g's gradient by 0).
 
-    ``head`` is the extra ``Linear(feature_dim, classes)``; ``opt_extra=None`` leaves it untrained (reference bug).
-    As in the reference, f's plain cross-entropy is not added; at test time only f's logits are used.
+    ``head`` is the extra ``Linear(feature_dim, classes)``; ``opt_extra=None`` leaves it untrained
+    (reference bug). As in the reference, f's plain cross-entropy is not added; at test time only
+    f's logits are used.
     """
     _check_nonneg(question_weight=question_weight)
 
@@ -139,16 +179,25 @@ def rubi_step(f: nn.Module, g: nn.Module, head: nn.Module, opt_f: torch.optim.Op
         loss_g = F.cross_entropy(g_logits, batch.y)
         _descend(loss_g, opt_g)
 
-        with torch.no_grad():  # the updated g, as the reference's f-step; no gradient into g (reference: × 0)
+        with (
+            torch.no_grad()
+        ):  # the updated g, as the reference's f-step; no gradient into g (reference: × 0)
             g_feat_new = g.features(batch.x)
         f_logits = f(batch.x)
         b = head(g_feat_new.float())
-        loss_f = F.cross_entropy(f_logits * torch.sigmoid(b), batch.y) + question_weight * F.cross_entropy(b, batch.y)
+        loss_f = F.cross_entropy(
+            f_logits * torch.sigmoid(b), batch.y
+        ) + question_weight * F.cross_entropy(b, batch.y)
         _descend(loss_f, opt_f, opt_extra)
         with torch.no_grad():
             ce_f = F.cross_entropy(f_logits.float(), batch.y)
-        return {"loss": ce_f, "rubi_loss": loss_f.detach(), "acc": _acc(f_logits, batch.y),
-                "g_loss": loss_g.detach(), "g_acc": _acc(g_logits, batch.y)}
+        return {
+            "loss": ce_f,
+            "rubi_loss": loss_f.detach(),
+            "acc": _acc(f_logits, batch.y),
+            "g_loss": loss_g.detach(),
+            "g_acc": _acc(g_logits, batch.y),
+        }
 
     return step
 
@@ -159,14 +208,21 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1).mean()
 
 
-def learned_mixin_step(f: nn.Module, g: nn.Module, gate: nn.Module, opt_f: torch.optim.Optimizer,
-                       opt_extra: torch.optim.Optimizer | None, entropy_weight: float = 0.36) -> StepFn:
+def learned_mixin_step(
+    f: nn.Module,
+    g: nn.Module,
+    gate: nn.Module,
+    opt_f: torch.optim.Optimizer,
+    opt_extra: torch.optim.Optimizer | None,
+    entropy_weight: float = 0.36,
+) -> StepFn:
     """LearnedMixin+H with a frozen g: s = softplus(gate(f_feat)), z_b = s·g_logits,
     loss = CE(f_logits + z_b, y) + w_H·H(softmax(z_b)).
 
-    ``gate`` is the extra ``Linear(feature_dim, 1)``; ``opt_extra=None`` leaves it untrained (reference bug; the
-    gradient still flows through the gate into f's features). g is not updated (pre-train it first) and runs in
-    eval mode, so its BatchNorm statistics stay fixed too. Only f's logits are used at test time.
+    ``gate`` is the extra ``Linear(feature_dim, 1)``; ``opt_extra=None`` leaves it untrained
+    (reference bug; the gradient still flows through the gate into f's features). g is not updated
+    (pre-train it first) and runs in eval mode, so its BatchNorm statistics stay fixed too. Only f's
+    logits are used at test time.
     """
     _check_nonneg(entropy_weight=entropy_weight)
 
@@ -175,27 +231,33 @@ def learned_mixin_step(f: nn.Module, g: nn.Module, gate: nn.Module, opt_f: torch
         with torch.no_grad():
             g_logits = g(batch.x).float()
         f_logits, f_feat = f.forward_with_features(batch.x)
-        s = F.softplus(gate(f_feat.float()))          # (m, 1) scale of the bias-only logits
+        s = F.softplus(gate(f_feat.float()))  # (m, 1) scale of the bias-only logits
         z_b = s * g_logits
         ent = entropy(z_b)
         loss = F.cross_entropy(f_logits.float() + z_b, batch.y) + entropy_weight * ent
         _descend(loss, opt_f, opt_extra)
         with torch.no_grad():
             ce_f = F.cross_entropy(f_logits.float(), batch.y)
-        return {"loss": ce_f, "mixin_loss": loss.detach(), "acc": _acc(f_logits, batch.y),
-                "entropy": ent.detach(), "gate": s.detach().mean()}
+        return {
+            "loss": ce_f,
+            "mixin_loss": loss.detach(),
+            "acc": _acc(f_logits, batch.y),
+            "entropy": ent.detach(),
+            "gate": s.detach().mean(),
+        }
 
     return step
 
 
-# ------------------------------------------------------------------------------------------ one call per method
+# ------------------------------------------------------------------------------ one call per method
 METHODS = ("vanilla", "rebias", "rubi", "learned_mixin")
 
 
 @dataclass
 class MethodSetup:
-    """Everything one method trains: its step, the networks, the optimisers that a schedule steps, and the
-    networks evaluated after each epoch (``"f"`` reports ``biased_acc``/``unbiased_acc``, ``"g"`` ``g_…``)."""
+    """Everything one method trains: its step, the networks, the optimisers that a schedule steps,
+    and the networks evaluated after each epoch (``"f"`` reports ``biased_acc``/``unbiased_acc``,
+    ``"g"`` ``g_…``)."""
 
     method: str
     step: StepFn
@@ -205,13 +267,24 @@ class MethodSetup:
     pretrain_g: torch.optim.Optimizer | None = None  # LearnedMixin+H: g is pre-trained, then frozen
 
 
-def build(method: str, *, width: float, device, lr: float, weight_decay: float, lambda_f: float = 1.0,
-          lambda_g: float = 1.0, sigma: float = 1.0, train_extra_layers: bool = True,
-          entropy_weight: float = 0.36) -> MethodSetup:
+def build(
+    method: str,
+    *,
+    width: float,
+    device,
+    lr: float,
+    weight_decay: float,
+    lambda_f: float = 1.0,
+    lambda_g: float = 1.0,
+    sigma: float = 1.0,
+    train_extra_layers: bool = True,
+    entropy_weight: float = 0.36,
+) -> MethodSetup:
     """Build f = SimpleConvNet(7), g = SimpleConvNet(1), Adam optimisers and the step of ``method``.
 
     Call after seeding: the networks are initialised in a fixed order (f, g, then the extra layer).
-    ``train_extra_layers=False`` leaves RUBi's head / LearnedMixin's gate untrained, as the reference does.
+    ``train_extra_layers=False`` leaves RUBi's head / LearnedMixin's gate untrained, as the
+    reference does.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
@@ -224,8 +297,13 @@ def build(method: str, *, width: float, device, lr: float, weight_decay: float, 
     opt_f, opt_g = adam(f), adam(g)
     modules, evaluated = {"f": f, "g": g}, {"f": f, "g": g}
     if method == "vanilla":
-        return MethodSetup(method, independent_step(f, g, opt_f, opt_g, sigma=sigma), modules, [opt_f, opt_g],
-                           evaluated)
+        return MethodSetup(
+            method,
+            independent_step(f, g, opt_f, opt_g, sigma=sigma),
+            modules,
+            [opt_f, opt_g],
+            evaluated,
+        )
     if method == "rebias":
         step = rebias_step(f, g, opt_f, opt_g, lambda_f=lambda_f, lambda_g=lambda_g, sigma=sigma)
         return MethodSetup(method, step, modules, [opt_f, opt_g], evaluated)
@@ -233,37 +311,84 @@ def build(method: str, *, width: float, device, lr: float, weight_decay: float, 
         modules["head"] = head = nn.Linear(g.feature_dim, 10).to(device)
         opt_extra = adam(head) if train_extra_layers else None
         step = rubi_step(f, g, head, opt_f, opt_g, opt_extra)
-        return MethodSetup(method, step, modules, [o for o in (opt_f, opt_g, opt_extra) if o is not None],
-                           evaluated)
+        return MethodSetup(
+            method,
+            step,
+            modules,
+            [o for o in (opt_f, opt_g, opt_extra) if o is not None],
+            evaluated,
+        )
     modules["gate"] = gate = nn.Linear(f.feature_dim, 1).to(device)
     opt_extra = adam(gate) if train_extra_layers else None
     step = learned_mixin_step(f, g, gate, opt_f, opt_extra, entropy_weight=entropy_weight)
     # g is frozen during the main phase: it gets its own optimiser for pre-training only
-    return MethodSetup(method, step, modules, [o for o in (opt_f, opt_extra) if o is not None], {"f": f},
-                       pretrain_g=opt_g)
+    return MethodSetup(
+        method,
+        step,
+        modules,
+        [o for o in (opt_f, opt_extra) if o is not None],
+        {"f": f},
+        pretrain_g=opt_g,
+    )
 
 
-def evaluator(sets: Mapping[str, TensorData], nets: Mapping[str, nn.Module]) -> Callable[[], dict[str, float]]:
+def evaluator(
+    sets: Mapping[str, TensorData], nets: Mapping[str, nn.Module]
+) -> Callable[[], dict[str, float]]:
     """Per-epoch accuracies of each network on the ``biased`` and ``unbiased`` test sets."""
+
     def evaluate() -> dict[str, float]:
-        return {(f"{split}_acc" if who == "f" else f"{who}_{split}_acc"): accuracy_on(net, sets[split])
-                for who, net in nets.items() for split in ("biased", "unbiased")}
+        return {
+            (f"{split}_acc" if who == "f" else f"{who}_{split}_acc"): accuracy_on(net, sets[split])
+            for who, net in nets.items()
+            for split in ("biased", "unbiased")
+        }
+
     return evaluate
 
 
-def train(setup: MethodSetup, sets: Mapping[str, TensorData], *, epochs: int, batch_size: int, lr_step: int,
-          seed: int, g_pretrain_epochs: int = 0, desc: str = "", callbacks: Sequence = (),
-          progress: bool = True) -> History:
-    """Train ``setup`` on ``sets["train"]`` with StepLR(lr_step, 0.1), evaluating on the test sets each epoch.
+def train(
+    setup: MethodSetup,
+    sets: Mapping[str, TensorData],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr_step: int,
+    seed: int,
+    g_pretrain_epochs: int = 0,
+    desc: str = "",
+    callbacks: Sequence = (),
+    progress: bool = True,
+) -> History:
+    """Train ``setup`` on ``sets["train"]`` with StepLR(lr_step, 0.1), evaluating on the test sets
+    each epoch.
 
-    LearnedMixin+H first pre-trains g with plain cross-entropy for ``g_pretrain_epochs`` (batch order from
-    ``seed + 10_000``)."""
+    LearnedMixin+H first pre-trains g with plain cross-entropy for ``g_pretrain_epochs`` (batch
+    order from ``seed + 10_000``)."""
     g = setup.modules["g"]
     if setup.pretrain_g is not None and g_pretrain_epochs > 0:
-        fit(sets["train"], supervised_step(g, setup.pretrain_g), epochs=g_pretrain_epochs, batch_size=batch_size,
-            modules=g, seed=seed + 10_000, desc=f"pre-train g {desc}")
+        fit(
+            sets["train"],
+            supervised_step(g, setup.pretrain_g),
+            epochs=g_pretrain_epochs,
+            batch_size=batch_size,
+            modules=g,
+            seed=seed + 10_000,
+            desc=f"pre-train g {desc}",
+        )
     schedulers = [torch.optim.lr_scheduler.StepLR(o, lr_step, 0.1) for o in setup.optimisers]
     # min_batch=4: the unbiased HSIC estimator needs at least 4 samples
-    return fit(sets["train"], setup.step, epochs=epochs, batch_size=batch_size, modules=list(setup.modules.values()),
-               seed=seed, schedulers=schedulers, min_batch=4, evaluate=evaluator(sets, setup.evaluated),
-               callbacks=list(callbacks), progress=progress, desc=desc or setup.method)
+    return fit(
+        sets["train"],
+        setup.step,
+        epochs=epochs,
+        batch_size=batch_size,
+        modules=list(setup.modules.values()),
+        seed=seed,
+        schedulers=schedulers,
+        min_batch=4,
+        evaluate=evaluator(sets, setup.evaluated),
+        callbacks=list(callbacks),
+        progress=progress,
+        desc=desc or setup.method,
+    )

@@ -1,11 +1,12 @@
 """Batched class-activation maps with the ``pytorch-grad-cam`` package (PyPI ``grad-cam`` ≥ 1.5).
 
-MaskTune's official code computes XGradCAM maps with ``grad-cam`` 1.3.7; the ≥ 1.5 API differs in two ways that
-matter here: the constructor lost ``use_cuda`` (the device is taken from the model's parameters) and the call
-``cam(input_tensor, targets)`` has no default for ``targets``, so we always pass it. The library's constructor
-puts the model in eval mode and registers hooks on the target layer, and its backward pass overwrites the
-parameters' ``.grad``; we build the CAM object inside a ``with`` block (the hooks are released on exit), put the
-model back in the mode it was in and give the parameters back the gradients they held before.
+MaskTune's official code computes XGradCAM maps with ``grad-cam`` 1.3.7; the ≥ 1.5 API differs in
+two ways that matter here: the constructor lost ``use_cuda`` (the device is taken from the model's
+parameters) and the call ``cam(input_tensor, targets)`` has no default for ``targets``, so we always
+pass it. The library's constructor puts the model in eval mode and registers hooks on the target
+layer, and its backward pass overwrites the parameters' ``.grad``; we build the CAM object inside a
+``with`` block (the hooks are released on exit), put the model back in the mode it was in and give
+the parameters back the gradients they held before.
 """
 
 from __future__ import annotations
@@ -28,14 +29,22 @@ def _cam_class(method: str):
     return classes[method]
 
 
-def saliency_maps(model: nn.Module, x: torch.Tensor, target_layer: nn.Module, *, method: str = "xgradcam",
-                  labels: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
-    """CAM of every image in ``x`` (N, C, H, W): a float tensor (N, H, W) in [0, 1] on ``x``'s device.
+def saliency_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    target_layer: nn.Module,
+    *,
+    method: str = "xgradcam",
+    labels: torch.Tensor | None = None,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """CAM of every image in ``x`` (N, C, H, W): a float tensor (N, H, W) in [0, 1] on ``x``'s
+    device.
 
-    ``labels=None`` explains each image's predicted (argmax) class, as the official MaskTune code does;
-    passing the true labels explains the labelled class instead. The maps are computed in eval mode (the
-    library forces it) in batches of ``batch_size``; the model's previous train/eval mode and its parameters'
-    ``.grad`` are restored.
+    ``labels=None`` explains each image's predicted (argmax) class, as the official MaskTune code
+    does; passing the true labels explains the labelled class instead. The maps are computed in eval
+    mode (the library forces it) in batches of ``batch_size``; the model's previous train/eval mode
+    and its parameters' ``.grad`` are restored.
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -50,9 +59,14 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target_layer: nn.Module, *,
     try:
         with eval_mode(model), cam_cls(model=model, target_layers=[target_layer]) as cam:
             for start in range(0, len(x), batch_size):
-                xb = x[start:start + batch_size]
-                targets = None if labels is None else [ClassifierOutputTarget(int(c))
-                                                       for c in labels[start:start + batch_size]]
+                xb = x[start : start + batch_size]
+                targets = (
+                    None
+                    if labels is None
+                    else [
+                        ClassifierOutputTarget(int(c)) for c in labels[start : start + batch_size]
+                    ]
+                )
                 out = cam(input_tensor=xb, targets=targets)
                 maps.append(torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)))
     finally:
@@ -64,7 +78,8 @@ def saliency_maps(model: nn.Module, x: torch.Tensor, target_layer: nn.Module, *,
 
 
 def patch_share(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Per image, the fraction of the saliency mass that falls in the top-left ``patch_size``² corner."""
+    """Per image, the fraction of the saliency mass that falls in the top-left ``patch_size``²
+    corner."""
     total = maps.flatten(1).sum(1)
     corner = maps[:, :patch_size, :patch_size].flatten(1).sum(1)
     return torch.where(total > 0, corner / total.clamp_min(1e-12), torch.zeros_like(total))
