@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from helpers.methods import caml as C
 from helpers.models import Adapter, MarginHead
 from helpers.tensordata import TensorData
-from helpers.train import TrainConfig
+from helpers.train import TrainConfig, predict
 
 
 def test_zero_margins_equal_scaled_cosine_ce():
@@ -76,7 +76,7 @@ def test_train_caml_deterministic_and_checks():
         cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-2, weight_decay=1e-4, seed=3)
         result = C.train_caml(head, tr, va, pg["clusters"], pg["table"], cfg, sigma=0.2, scale=8)
         assert 1 <= result.best_epoch <= 3
-        preds.append(C.predict(head, va))
+        preds.append(predict(head, va))
     assert torch.equal(preds[0], preds[1])
     assert (preds[0].argmax(1) == va.y).float().mean() > 0.7
     with pytest.raises(ValueError, match="epochs"):

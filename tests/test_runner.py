@@ -13,9 +13,14 @@ import nbformat
 from helpers.book import runner
 from helpers.cache import REPO_ROOT
 
+# The driver first restores Python's Ctrl-C handler: a shell that started the tests in the
+# background (`make test &`) leaves SIGINT ignored, and a child inherits that, unlike a terminal's
+# foreground job, which is what this test stands for.
 DRIVER = textwrap.dedent("""
+    import signal
     import sys
     from pathlib import Path
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from helpers.book import params, runner
     tmp = Path(sys.argv[1])
     runner.NOTEBOOKS, runner.BOOK = tmp / "notebooks", tmp / "book"
