@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 
@@ -9,11 +10,11 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) and ask for deterministic kernels.
 
-    Returns a CPU ``torch.Generator`` seeded with ``seed`` for code that wants its own stream
-    (batch order, dataset construction) independent of how many random numbers other code drew.
+    The global streams then initialise the models; every other random draw (data, batch order,
+    augmentation) has its own generator from :func:`generator` / :func:`derive_seed`.
     """
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -27,10 +28,24 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.backends.cudnn.benchmark = False
     # warn_only: a few CUDA kernels (e.g. some scatter ops) have no deterministic version.
     torch.use_deterministic_algorithms(True, warn_only=True)
-    return torch.Generator().manual_seed(seed)
 
 
-def generator(seed: int) -> torch.Generator:
-    """A fresh CPU generator for one purpose (e.g. building a dataset), without touching global
-    state."""
-    return torch.Generator().manual_seed(int(seed))
+def derive_seed(seed: int, *purpose: str | int) -> int:
+    """The seed of one random stream of a run, e.g. ``derive_seed(seed, "test", "subset")``.
+
+    The only way the book derives seeds: a hash of the run's seed and the purpose, so every stream
+    is independent of every other, also across run seeds (with offsets such as ``seed + 1``, run
+    seed 1's training subset would be run seed 0's test subset).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not purpose:
+        raise ValueError("derive_seed needs a purpose (a name for the stream)")
+    digest = hashlib.sha256(repr((seed, *purpose)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # below 2**63: a valid torch seed
+
+
+def generator(seed: int, *purpose: str | int) -> torch.Generator:
+    """A fresh CPU generator, without touching global state: seeded with ``seed`` itself, or with
+    ``derive_seed(seed, *purpose)`` when a purpose is given."""
+    return torch.Generator().manual_seed(derive_seed(seed, *purpose) if purpose else int(seed))

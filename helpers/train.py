@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from helpers.device import autocast, full_precision, memory_format, prepare_model
 from helpers.metrics import accuracy
 from helpers.models import eval_mode
+from helpers.seed import generator
 from helpers.tensordata import TensorData
 
 
@@ -184,12 +185,11 @@ def fit(
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     schedulers, callbacks = list(schedulers), list(callbacks)
     device = train.device
-    if (
-        device.type == "cuda"
-    ):  # conv weights in the channels_last layout of the images (see to_device)
+    # conv weights in the channels_last layout of the images (see to_device)
+    if device.type == "cuda":
         for m in modules:
             prepare_model(m, device)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = generator(seed, "batch order")  # its own stream: not the one that initialised the model
     history = History()
     n = len(train)
     full_batches = n // batch_size

@@ -80,9 +80,8 @@ def test_terms_are_finite_and_positive(influence, estimation):
     t = fi.fisher_terms(model, x, c, logits, cfg)
     for name in ("fisher_image", "fisher_colour", "reg_image", "reg_colour", "influence_loss"):
         assert torch.isfinite(t[name]), name
-    if (
-        influence == "paper" or estimation == "var"
-    ):  # the swapped BCE can be negative, and so F under 'ent'
+    # the swapped BCE can be negative, and so F under 'ent'
+    if influence == "paper" or estimation == "var":
         assert t["fisher_image"] > 0 and t["fisher_colour"] > 0
 
 

@@ -105,3 +105,11 @@ def test_folders_of_a_killed_run_are_cleaned_at_the_next_start(tmp_path, monkeyp
     monkeypatch.setattr(runner, "execute", lambda src, profile, force=False: "skipped")
     assert runner.main(["run", "--chapters", "01", "--no-html"]) == 0
     assert not dead.exists() and live.exists()
+
+
+def test_kernels_import_the_helpers_the_runner_hashed(tmp_path, monkeypatch):
+    """The chapter hash covers REPO_ROOT's helpers; a kernel must import those, not an editable
+    install's copy from another checkout."""
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    path = runner._kernel_env(tmp_path)["PYTHONPATH"].split(os.pathsep)
+    assert path == [str(REPO_ROOT), "/elsewhere"]

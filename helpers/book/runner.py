@@ -2,9 +2,9 @@
 Jupyter Book.
 
     python -m helpers.book run [--profile quick] [--chapters 01 03] [--force] [--no-html]
-    python -m helpers.book prepare --profile smoke --out build/nbval     # parameterised copies (for nbval)
-    python -m helpers.book html                                           # render book/ to _build/html
-    python -m helpers.book list                                           # the chapters and their state
+    python -m helpers.book prepare --profile smoke --out build/nbval  # parameterised copies (nbval)
+    python -m helpers.book html                                        # render book/ to _build/html
+    python -m helpers.book list                                        # the chapters, their state
 
 For each chapter the runner validates the profile's parameters against the chapter's schema (before
 anything runs), skips the chapter when the hash of its source, its parameters and the ``helpers``
@@ -121,6 +121,11 @@ def _kernel_env(results_dir: Path) -> dict:
     # widget progress bars cannot be rendered in the static book
     env.setdefault("TQDM_DISABLE", "1")
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # the kernel imports the helpers this runner hashed (REPO_ROOT's), not whichever copy an
+    # editable install or the notebooks' folder would put first on its path
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    )
     return env
 
 

@@ -35,6 +35,7 @@ import torch
 
 from helpers.data.biased_mnist import to_display  # noqa: F401 - same [-1, 1] image convention; chapters call B.to_display
 from helpers.data.mnist import load_mnist
+from helpers.seed import generator
 from helpers.tensordata import TensorData
 
 POOL = torch.tensor(
@@ -221,7 +222,7 @@ def colour_split(
 def split_indices(seed: int) -> dict[str, torch.Tensor]:
     """Indices into the MNIST training set: 40k train / 10k dev (a seeded permutation of 0–49,999)
     and the 10k test images 50,000–59,999, as in the reference."""
-    perm = torch.randperm(50_000, generator=torch.Generator().manual_seed(int(seed)))
+    perm = torch.randperm(50_000, generator=generator(seed, "split"))
     return {"train": perm[:40_000], "dev": perm[40_000:], "test": torch.arange(50_000, 60_000)}
 
 
@@ -266,13 +267,13 @@ def build_background_mnist(
     out = {}
     # every split and test mode has its own seeded stream, so adding a test mode changes nothing
     # else
-    for k, split in enumerate(("train", "dev")):
-        gen = torch.Generator().manual_seed(int(seed) * 1000 + 1 + k)
+    for split in ("train", "dev"):
+        gen = generator(seed, split, "colours")
         out[split] = colour_split(
             x[idx[split]], y[idx[split]], unbiased_mode, gen, biased_digits=BIAS_MODES[bias_mode]
         )
     for mode in test_modes:
-        gen = torch.Generator().manual_seed(int(seed) * 1000 + 10 + TEST_MODES.index(mode))
+        gen = generator(seed, "test", mode, "colours")
         out[f"test_{mode}"] = colour_split(x[idx["test"]], y[idx["test"]], mode, gen)
     return out
 

@@ -23,7 +23,7 @@ import math
 import torch
 
 from helpers.data.mnist import load_mnist
-from helpers.seed import generator
+from helpers.seed import derive_seed, generator
 from helpers.tensordata import TensorData, random_subset
 
 # RGB 0-255, index = colour (bias) label; class y's aligned colour is index y.
@@ -137,17 +137,29 @@ def biased_mnist(
     ``train_size`` / ``test_size`` take a random subset (same seed ⇒ same subset) for fast profiles.
     """
     mnist = load_mnist(root)
-    keep = random_subset(len(mnist["train_y"]), train_size, seed, "train_size")
+    keep = random_subset(
+        len(mnist["train_y"]), train_size, derive_seed(seed, "train", "subset"), "train_size"
+    )
     tr_x, tr_y = mnist["train_x"][keep], mnist["train_y"][keep]
-    keep = random_subset(len(mnist["test_y"]), test_size, seed + 1, "test_size")
+    keep = random_subset(
+        len(mnist["test_y"]), test_size, derive_seed(seed, "test", "subset"), "test_size"
+    )
     te_x, te_y = mnist["test_x"][keep], mnist["test_y"][keep]
     sets = {
         "train": make_biased_mnist(
-            tr_x, tr_y, rho, seed=seed, n_confusing_labels=n_confusing_labels
+            tr_x,
+            tr_y,
+            rho,
+            seed=derive_seed(seed, "train", "colours"),
+            n_confusing_labels=n_confusing_labels,
         )
     }
-    for offset, (name, eval_rho) in enumerate(EVAL_RHOS.items(), start=1):
+    for name, eval_rho in EVAL_RHOS.items():
         sets[name] = make_biased_mnist(
-            te_x, te_y, eval_rho, seed=seed + 1000 * offset, n_confusing_labels=n_confusing_labels
+            te_x,
+            te_y,
+            eval_rho,
+            seed=derive_seed(seed, name, "colours"),
+            n_confusing_labels=n_confusing_labels,
         )
     return sets

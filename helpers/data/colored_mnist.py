@@ -30,23 +30,12 @@ from torch import nn
 from helpers import metrics as M
 from helpers.data.mnist import load_mnist
 from helpers.models import eval_mode
-from helpers.seed import generator
+from helpers.seed import derive_seed, generator
 from helpers.tensordata import TensorData, random_subset
 
 NUM_CLASSES = 10
 TRAIN_SPLIT = 48_000  # of the official 60k training images; the other 12k are the validation set
 GRAY_COLOUR = (1.0, 1.0, 1.0)
-# Offsets that give every random draw its own stream, so changing one set never changes another.
-SEED_OFFSETS = {
-    "colours": 0,
-    "split": 1,
-    "train": 2,
-    "val_colored": 3,
-    "test_colored": 4,
-    "conflict_labels": 5,
-    "test_conflicting": 6,
-    "subset": 7,
-}
 
 
 def colour_table(seed: int) -> torch.Tensor:
@@ -123,16 +112,16 @@ def build_colored_mnist(
     ``test_size`` take seeded random subsets of the 48k / 12k / 10k sets for fast profiles.
     """
     mnist = load_mnist(root)
-    table = colour_table(seed + SEED_OFFSETS["colours"])
-    perm = torch.randperm(len(mnist["train_y"]), generator=generator(seed + SEED_OFFSETS["split"]))
+    table = colour_table(derive_seed(seed, "colours"))
+    perm = torch.randperm(len(mnist["train_y"]), generator=generator(seed, "split"))
     parts = {"train": perm[:TRAIN_SPLIT], "val": perm[TRAIN_SPLIT:]}
     for name, size in (("train", train_size), ("val", val_size)):
         keep = random_subset(
-            len(parts[name]), size, seed + SEED_OFFSETS["subset"] + len(name), f"{name}_size"
+            len(parts[name]), size, derive_seed(seed, name, "subset"), f"{name}_size"
         )
         parts[name] = parts[name][keep]
     te_keep = random_subset(
-        len(mnist["test_y"]), test_size, seed + SEED_OFFSETS["subset"], "test_size"
+        len(mnist["test_y"]), test_size, derive_seed(seed, "test", "subset"), "test_size"
     )
     te_x, te_y = mnist["test_x"][te_keep], mnist["test_y"][te_keep]
 
@@ -140,29 +129,29 @@ def build_colored_mnist(
     va_x, va_y = _images(mnist["train_x"][parts["val"]]), mnist["train_y"][parts["val"]]
     te_x = _images(te_x)
     gray = lambda n: torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, colours=[1, 1]
-    y_other = other_class(te_y, seed + SEED_OFFSETS["conflict_labels"])
+    y_other = other_class(te_y, derive_seed(seed, "conflict_labels"))
     sets = {
         "train": _pair(
-            tr_x, tr_y, colour_vectors(tr_y, table, std, seed + SEED_OFFSETS["train"]), tr_y.clone()
+            tr_x, tr_y, colour_vectors(tr_y, table, std, derive_seed(seed, "train")), tr_y.clone()
         ),
         "val_colored": _pair(
             va_x,
             va_y,
-            colour_vectors(va_y, table, std, seed + SEED_OFFSETS["val_colored"]),
+            colour_vectors(va_y, table, std, derive_seed(seed, "val_colored")),
             va_y.clone(),
         ),
         "val_gray": _pair(va_x, va_y, gray(len(va_y)), None),
         "test_colored": _pair(
             te_x,
             te_y,
-            colour_vectors(te_y, table, std, seed + SEED_OFFSETS["test_colored"]),
+            colour_vectors(te_y, table, std, derive_seed(seed, "test_colored")),
             te_y.clone(),
         ),
         "test_gray": _pair(te_x, te_y, gray(len(te_y)), None),
         "test_conflicting": _pair(
             te_x,
             te_y,
-            colour_vectors(y_other, table, std, seed + SEED_OFFSETS["test_conflicting"]),
+            colour_vectors(y_other, table, std, derive_seed(seed, "test_conflicting")),
             y_other,
         ),
     }

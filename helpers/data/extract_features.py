@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m helpers.data.extract_features IMAGES_DIR OUT_DIR [--weights imagenet|random] [--device auto]
-                                       [--image-size 224] [--batch-size 64] [--seed 0] [--overwrite]
+    python -m helpers.data.extract_features IMAGES_DIR OUT_DIR [--weights imagenet|random]
+        [--device auto] [--image-size 224] [--batch-size 64] [--seed 0] [--overwrite]
 
 ``IMAGES_DIR`` holds the images and a ``metadata.csv`` in the Waterbirds layout, with at least the
 columns ``img_filename`` (path relative to ``IMAGES_DIR``), ``y`` (target 0/1), ``place`` (bias

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from helpers.cache import atomic_write_text, file_digest
+from helpers.seed import generator
 
 SPLITS = ("train", "val", "test")
 CHECKSUMS = "checksums.json"
@@ -383,7 +384,7 @@ def balance_groups(targets: torch.Tensor, bias: torch.Tensor, seed: int) -> torc
     if int(counts.min()) == 0:
         raise ValueError(f"balance_groups: a group is empty (group counts {counts.tolist()})")
     n = int(counts.min())
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = generator(seed)
     keep = []
     for k in range(4):
         idx = torch.nonzero(g == k).flatten()
@@ -405,7 +406,7 @@ def make_tiny_feature_folder(
     on the bias), written with :func:`write_feature_folder` (replacing ``path`` if it exists).
     Returns the folder path.
     """
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = generator(seed)
     u_target = torch.randn(dim, generator=gen)
     u_bias = torch.randn(dim, generator=gen)
     u_target, u_bias = u_target / u_target.norm(), u_bias / u_bias.norm()

@@ -17,8 +17,7 @@ erases the strokes it covers (the background shows through, like a bird half hid
 many digits stay legible, some become ambiguous, so the digit evidence in the features is graded
 rather than certain — as the bird evidence in ImageNet features of Waterbirds images is. Every draw
 (hues, saturation, brightness, texture, occluder, foreground grey level) comes from a generator
-seeded by the ``seed`` argument and a fixed per-purpose offset, so the same seed gives identical
-arrays.
+seeded by ``derive_seed(seed, purpose)``, so the same seed gives identical arrays.
 
 **Splits** (group g = 2·y + b; (0, 0) and (1, 1) are the majority groups as in Waterbirds):
 
@@ -76,7 +75,7 @@ from helpers.data.feature_folder import (
 from helpers.data.mnist import load_mnist
 from helpers.device import pick_device
 from helpers.models import MultiTaskEncoder
-from helpers.seed import generator
+from helpers.seed import derive_seed, generator
 from helpers.tensordata import TensorData
 
 WATERBIRDS_TRAIN_GROUPS = (3498, 184, 56, 1057)
@@ -84,8 +83,7 @@ TARGET_NAMES = ("digits 0-4 (landbird-like)", "digits 5-9 (waterbird-like)")
 BIAS_NAMES = ("land-like background", "water-like background")
 FAMILY_HUES = ((0.00, 0.17), (0.50, 0.67))  # HSV hue ranges of background families 0 and 1
 OCCLUSION_MAX = 16  # side of the square occluder that hides part of every digit: U[8, 16] pixels
-VERSION = 1  # bump when the generator or the encoder changes: it is part of the cache key
-SEED_OFFSETS = {"split": 0, "train": 1, "val": 2, "test": 3, "encoder": 4, "init": 5, "fit": 6}
+VERSION = 2  # bump when the generator or the encoder changes: it is part of the cache key
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -184,7 +182,7 @@ def _split_indices(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Indices into MNIST and bias labels per split: {split: (mnist index, bias)}; 'test' indexes
     the test set."""
-    gen = generator(seed * 1000 + SEED_OFFSETS["split"])
+    gen = generator(seed, "split")
     out = {}
     train_y = (mnist["train_y"] >= 5).long()
     test_y = (mnist["test_y"] >= 5).long()
@@ -230,7 +228,7 @@ def _make(mnist: dict, split: str, idx: torch.Tensor, bias: torch.Tensor, seed: 
         else (mnist["train_x"], mnist["train_y"])
     )
     digits = src_y[idx]
-    x = compose(src_x[idx], bias, generator(seed * 1000 + SEED_OFFSETS[split]))
+    x = compose(src_x[idx], bias, generator(seed, split, "images"))
     return TensorData(x, (digits >= 5).long(), bias.clone(), {"digit": digits.clone()})
 
 
@@ -278,7 +276,7 @@ def train_encoder(
     :func:`helpers.train.fit`."""
     from helpers.train import fit
 
-    torch.manual_seed(seed * 1000 + SEED_OFFSETS["init"])
+    torch.manual_seed(derive_seed(seed, "encoder", "init"))
     model = MultiTaskEncoder(feature_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -303,7 +301,7 @@ def train_encoder(
         epochs=epochs,
         batch_size=batch_size,
         modules=model,
-        seed=seed * 1000 + SEED_OFFSETS["fit"],
+        seed=derive_seed(seed, "encoder", "batches"),
         desc="encoder",
     )
     model.eval()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from helpers.data.mnist import load_mnist
-from helpers.seed import generator
+from helpers.seed import derive_seed, generator
 from helpers.tensordata import TensorData, random_subset
 
 OFFICIAL_COLOUR = (255, 0, 0)  # red, hard-coded for two classes in the official code
@@ -118,7 +118,9 @@ def patch_mnist(
     """
     _check(patch_size, colour, conflict_ratio, conflict_order)
     mnist = load_mnist(root)
-    keep = random_subset(len(mnist["train_y"]), train_size, seed, "train_size")
+    keep = random_subset(
+        len(mnist["train_y"]), train_size, derive_seed(seed, "train", "subset"), "train_size"
+    )
     tr_x, tr_d = mnist["train_x"][keep], mnist["train_y"][keep]
     if not 0 <= val_size < len(tr_d):
         raise ValueError(
@@ -126,14 +128,20 @@ def patch_mnist(
             f"{val_size}"
         )
     full = _make(
-        tr_x, tr_d, choose_patched(tr_d, conflict_ratio, conflict_order, seed), patch_size, colour
+        tr_x,
+        tr_d,
+        choose_patched(tr_d, conflict_ratio, conflict_order, derive_seed(seed, "patched")),
+        patch_size,
+        colour,
     )
-    perm = torch.randperm(len(full), generator=generator(seed + 1))
+    perm = torch.randperm(len(full), generator=generator(seed, "val", "split"))
     sets = {
         "train": full[perm[val_size:].sort().values],
         "val": full[perm[:val_size].sort().values],
     }
-    keep = random_subset(len(mnist["test_y"]), test_size, seed + 2, "test_size")
+    keep = random_subset(
+        len(mnist["test_y"]), test_size, derive_seed(seed, "test", "subset"), "test_size"
+    )
     te_x, te_d = mnist["test_x"][keep], mnist["test_y"][keep]
     sets["raw"] = _make(te_x, te_d, torch.zeros(len(te_d), dtype=torch.bool), patch_size, colour)
     sets["biased"] = _make(te_x, te_d, two_class_labels(te_d) == 1, patch_size, colour)

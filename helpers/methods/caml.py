@@ -20,6 +20,7 @@ from torch import nn
 
 from helpers.data.feature_folder import FeatureSplit
 from helpers.models import Adapter, MarginHead
+from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import (
     Batch,
@@ -187,7 +188,7 @@ def train_caml(
     # stream
     gen = torch.Generator(
         device=train.device if train.device.type == "cuda" else "cpu"
-    ).manual_seed(int(cfg.seed) + 1)
+    ).manual_seed(derive_seed(cfg.seed, "caml", "noise"))
     clusters, table = clusters.to(train.device), table.to(train.device)
 
     def step(batch: Batch) -> dict:

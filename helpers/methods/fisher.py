@@ -309,9 +309,8 @@ class MovingAverageStop:
 
     def on_epoch_end(self, epoch: int, row: dict, history) -> bool:
         losses = history.column(self.monitor)
-        if (
-            epoch - 1 < self.patience or len(losses) < self.patience + 1
-        ):  # reference: 0-based epoch >= patience
+        # reference: 0-based epoch >= patience
+        if epoch - 1 < self.patience or len(losses) < self.patience + 1:
             return False
         now = sum(losses[-self.patience :]) / self.patience
         before = sum(losses[-self.patience - 1 : -1]) / self.patience

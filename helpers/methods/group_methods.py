@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from helpers import metrics as M
 from helpers.models import Adapter
+from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import (
     Batch,
@@ -135,7 +136,7 @@ def train_jtt(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         modules=model,
-        seed=cfg.seed + 7,
+        seed=derive_seed(cfg.seed, "jtt", "upweighted"),
         desc=desc,
         sampler=weighted(w),
         evaluate=lambda: {"val_worst": worst_group_on(model, val)},

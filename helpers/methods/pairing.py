@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.data.background_mnist import AUGMENT_MODES, BIASED_DIGITS, recolour
+from helpers.seed import derive_seed
 from helpers.train import Batch, StepFn
 
 CONSISTENCY = ("l2", "kl", "l1")
@@ -90,7 +91,9 @@ def paired_step(
         dev = batch.x.device
         gen = gens.get(str(dev))
         if gen is None:
-            gen = gens[str(dev)] = torch.Generator(device=dev).manual_seed(int(seed))
+            gen = gens[str(dev)] = torch.Generator(device=dev).manual_seed(
+                derive_seed(seed, "paired copies")
+            )
         with torch.no_grad():
             copy = recolour(
                 batch.extras["mask"], batch.y, augment_mode, gen, biased_digits=biased_digits
@@ -112,7 +115,7 @@ def paired_step(
 
 def make_copies(data, augment_mode: str, seed: int, batch_size: int = 4096) -> torch.Tensor:
     """One paired copy of every image of ``data`` (for galleries and the paired dev loss)."""
-    gen = torch.Generator(device=data.x.device).manual_seed(int(seed))
+    gen = torch.Generator(device=data.x.device).manual_seed(derive_seed(seed, "copies"))
     out = [
         recolour(
             data.extras["mask"][i : i + batch_size], data.y[i : i + batch_size], augment_mode, gen

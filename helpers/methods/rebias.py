@@ -35,6 +35,7 @@ from torch import nn
 from helpers.device import full_precision
 from helpers.methods.hsic import hsic_biased, hsic_unbiased
 from helpers.models import SimpleConvNet
+from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import Batch, History, StepFn, accuracy_on, fit, supervised_step
 
@@ -179,9 +180,8 @@ def rubi_step(
         loss_g = F.cross_entropy(g_logits, batch.y)
         _descend(loss_g, opt_g)
 
-        with (
-            torch.no_grad()
-        ):  # the updated g, as the reference's f-step; no gradient into g (reference: × 0)
+        # the updated g, as the reference's f-step; no gradient into g (reference: × 0)
+        with torch.no_grad():
             g_feat_new = g.features(batch.x)
         f_logits = f(batch.x)
         b = head(g_feat_new.float())
@@ -364,7 +364,7 @@ def train(
     each epoch.
 
     LearnedMixin+H first pre-trains g with plain cross-entropy for ``g_pretrain_epochs`` (batch
-    order from ``seed + 10_000``)."""
+    order from ``derive_seed(seed, "g", "pretrain")``)."""
     g = setup.modules["g"]
     if setup.pretrain_g is not None and g_pretrain_epochs > 0:
         fit(
@@ -373,7 +373,7 @@ def train(
             epochs=g_pretrain_epochs,
             batch_size=batch_size,
             modules=g,
-            seed=seed + 10_000,
+            seed=derive_seed(seed, "g", "pretrain"),
             desc=f"pre-train g {desc}",
         )
     schedulers = [torch.optim.lr_scheduler.StepLR(o, lr_step, 0.1) for o in setup.optimisers]
