@@ -1,0 +1,74 @@
+"""Cached results are reused only when everything they depend on is the same (issue 12, item 1)."""
+
+import shutil
+
+import numpy as np
+import torch
+
+from helpers.book import closure, runner
+from helpers.book.chapter import ChapterRun
+from helpers.book.params import swept
+from helpers.cache import checkpoint_path
+from helpers.data.feature_folder import content_digest, make_tiny_feature_folder
+
+PARAMS = {
+    "profile": "quick",
+    "device": "auto",
+    "seed": 0,
+    "n_seeds": 2,
+    "rhos": [0.99, 0.997],
+    "methods": ["vanilla", "rebias"],
+    "epochs": 4,
+    "rbf_sigma": 1.0,
+    "lambda_f": 1.0,
+}
+
+
+def _key(params=PARAMS, code="c0", **cell):
+    run = ChapterRun("05_rebias", dict(params), torch.device("cpu"), code)
+    return checkpoint_path("ch05", run.cache_config(**cell), root="/nowhere")
+
+
+def test_every_validated_parameter_enters_the_key_but_the_sweep_axes():
+    assert {"seed", "n_seeds", "rhos", "methods"} <= swept("05_rebias")
+    cell = dict(method="vanilla", rho=0.997, seed=0)
+    base = _key(**cell)
+    # rbf_sigma is used by Vanilla's logged HSIC: it used to enter only ReBias's key
+    assert _key({**PARAMS, "rbf_sigma": 0.5}, **cell) != base
+    assert _key({**PARAMS, "epochs": 5}, **cell) != base
+    # the grid around the cell and the plot-only names do not change its result
+    assert _key({**PARAMS, "rhos": [0.997], "n_seeds": 3, "methods": ["vanilla"]}, **cell) == base
+    assert _key({**PARAMS, "profile": "full", "device": "cpu"}, **cell) == base
+    # the cell's own coordinates do
+    assert _key(**{**cell, "rho": 0.99}) != base
+    assert _key(**{**cell, "seed": 1}) != base
+
+
+def test_the_code_hash_enters_the_key():
+    cell = dict(method="vanilla", rho=0.997, seed=0)
+    assert _key(code="c1", **cell) != _key(code="c0", **cell)
+
+
+def test_a_bug_fix_in_an_imported_helper_changes_the_code_hash(tmp_path, monkeypatch):
+    package = tmp_path / "helpers"
+    shutil.copytree(closure.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(closure, "PACKAGE", package)
+    monkeypatch.setattr(closure, "REPO_ROOT", tmp_path)
+    src = runner.NOTEBOOKS / "05_rebias.ipynb"
+    before = closure.code_hash(src)
+    train = package / "train.py"
+    train.write_text(train.read_text() + "\n# a bug fix in the loop\n")
+    assert closure.code_hash(src) != before
+
+
+def test_feature_folder_identity_is_its_content_not_its_path(tmp_path):
+    folder = make_tiny_feature_folder(tmp_path / "feats", seed=0)
+    digest = content_digest(folder)
+    assert content_digest(folder) == digest
+    # the same path with other files (what a user does when re-extracting features)
+    feats = folder / "train_feats.npy"
+    arr = np.load(feats)
+    np.save(feats, arr + 1.0)
+    assert content_digest(folder) != digest
+    np.save(feats, arr)
+    assert content_digest(folder) == digest
