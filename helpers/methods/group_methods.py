@@ -258,10 +258,11 @@ def train_groupdro(
         nonlocal q
         g = 2 * batch.y + batch.bias
         per = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-        # counts by comparison, not bincount: on CUDA bincount reads its input's max back to the
-        # host every step
-        counts = (g[:, None] == torch.arange(4, device=g.device)).sum(0).float()
-        group_loss = torch.zeros(4, device=per.device).index_add(0, g, per) / counts.clamp_min(1)
+        # group sums through a one-hot mask, not bincount / index_add: on CUDA bincount reads its
+        # input's max back to the host every step and index_add accumulates in a nondeterministic
+        # order; a masked sum is deterministic and stays float32 under autocast (a matmul would not)
+        onehot = (g[:, None] == torch.arange(4, device=g.device)).to(per.dtype)
+        group_loss = (onehot * per[:, None]).sum(0) / onehot.sum(0).clamp_min(1)
         q = q * torch.exp(eta * group_loss.detach())
         q = q / q.sum()
         loss = (q * group_loss).sum()
