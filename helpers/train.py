@@ -348,6 +348,37 @@ class KeepBest:
         return self.best_epoch
 
 
+def fit_keep_best(
+    model: nn.Module,
+    train: TensorData,
+    step: StepFn,
+    cfg: TrainConfig,
+    metric: str,
+    score: Callable[[], float],
+    *,
+    seed: int | None = None,
+    sampler: EpochSampler = shuffled,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` with ``step`` as ``cfg`` says (epochs, batch size, seed; ``seed`` overrides)
+    and end with the weights of the epoch whose ``score()`` (logged as ``metric``) was highest: the
+    model selection of every head-training function."""
+    keep = KeepBest(model, metric)
+    history = fit(
+        train,
+        step,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        modules=model,
+        seed=cfg.seed if seed is None else seed,
+        desc=desc,
+        sampler=sampler,
+        evaluate=lambda: {metric: score()},
+        callbacks=[keep],
+    )
+    return TrainResult(history, keep.restore())
+
+
 def to_device(data: TensorData, device) -> TensorData:
     """Move a dataset to ``device`` in the device's preferred image layout (channels_last on
     CUDA)."""

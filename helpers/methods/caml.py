@@ -24,12 +24,11 @@ from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import (
     Batch,
-    KeepBest,
     TrainConfig,
     TrainResult,
     accuracy_on,
     class_balanced,
-    fit,
+    fit_keep_best,
     shuffled,
     supervised_step,
 )
@@ -100,20 +99,17 @@ def train_adapter(
     """
     opt = cfg.adam(model.parameters())
     ref = train if select_on is None else select_on
-    keep = KeepBest(model, "select_acc")
-    h = fit(
+    result = fit_keep_best(
+        model,
         train,
         supervised_step(model, opt),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        modules=model,
-        seed=cfg.seed,
-        desc=desc,
+        cfg,
+        "select_acc",
+        lambda: accuracy_on(model, ref),
         sampler=class_balanced(train.y) if balanced else shuffled,
-        evaluate=lambda: {"select_acc": accuracy_on(model, ref)},
-        callbacks=[keep],
+        desc=desc,
     )
-    return TrainResult(h, keep.restore())
+    return result
 
 
 def pseudo_groups(
@@ -200,19 +196,16 @@ def train_caml(
         opt.step()
         return {"loss": loss}
 
-    keep = KeepBest(model, "val_acc")
-    h = fit(
+    result = fit_keep_best(
+        model,
         train,
         step,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        modules=model,
-        seed=cfg.seed,
+        cfg,
+        "val_acc",
+        lambda: accuracy_on(model, val),
         desc=desc,
-        evaluate=lambda: {"val_acc": accuracy_on(model, val)},
-        callbacks=[keep],
     )
-    return TrainResult(h, keep.restore())
+    return result
 
 
 __all__ = [

@@ -19,11 +19,11 @@ from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import (
     Batch,
-    KeepBest,
     TrainConfig,
     TrainResult,
     accuracy_on,
     fit,
+    fit_keep_best,
     predict,
     supervised_step,
     weighted,
@@ -72,19 +72,16 @@ def train_erm(
         raise ValueError(f"select must be 'plain' or 'worst', got {select!r}")
     opt = cfg.adam(model.parameters())
     score = accuracy_on if select == "plain" else worst_group_on
-    keep = KeepBest(model, "val_score")
-    h = fit(
+    result = fit_keep_best(
+        model,
         train,
         supervised_step(model, opt),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        modules=model,
-        seed=cfg.seed,
+        cfg,
+        "val_score",
+        lambda: score(model, val),
         desc=desc,
-        evaluate=lambda: {"val_score": score(model, val)},
-        callbacks=[keep],
     )
-    return TrainResult(h, keep.restore())
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- JTT
@@ -129,23 +126,20 @@ def train_jtt(
     wrong = jtt_error_set(ident, train)
     w = jtt_weights(wrong, upweight)
     opt = cfg.adam(model.parameters())
-    keep = KeepBest(model, "val_worst")
-    h = fit(
+    result = fit_keep_best(
+        model,
         train,
         supervised_step(model, opt),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        modules=model,
+        cfg,
+        "val_worst",
+        lambda: worst_group_on(model, val),
         seed=derive_seed(cfg.seed, "jtt", "upweighted"),
-        desc=desc,
         sampler=weighted(w),
-        evaluate=lambda: {"val_worst": worst_group_on(model, val)},
-        callbacks=[keep],
+        desc=desc,
     )
     groups = torch.bincount((2 * train.y + train.bias).cpu()[wrong], minlength=4).tolist()
-    return TrainResult(
-        h, keep.restore(), {"error_set_size": int(wrong.sum()), "error_set_groups": groups}
-    )
+    result.extras.update(error_set_size=int(wrong.sum()), error_set_groups=groups)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- LfF
@@ -271,19 +265,17 @@ def train_groupdro(
         opt.step()
         return {"loss": loss, "q_min": q.min()}
 
-    keep = KeepBest(model, "val_worst")
-    h = fit(
+    result = fit_keep_best(
+        model,
         train,
         step,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        modules=model,
-        seed=cfg.seed,
+        cfg,
+        "val_worst",
+        lambda: worst_group_on(model, val),
         desc=desc,
-        evaluate=lambda: {"val_worst": worst_group_on(model, val)},
-        callbacks=[keep],
     )
-    return TrainResult(h, keep.restore(), {"q": q.cpu().tolist()})
+    result.extras["q"] = q.cpu().tolist()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- DFR
