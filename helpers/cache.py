@@ -40,6 +40,18 @@ def cache_root(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as printed in a chapter or an error: relative to the repository or to the data cache
+    (``$SHORTCUT_BOOK_DATA/…``), so that executed pages carry no machine's directory layout."""
+    path = Path(path).resolve()
+    if path.is_relative_to(REPO_ROOT):
+        return path.relative_to(REPO_ROOT).as_posix()
+    root = cache_root().resolve()
+    if path.is_relative_to(root):
+        return "$SHORTCUT_BOOK_DATA/" + path.relative_to(root).as_posix()
+    return str(path)
+
+
 def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
     """Return ``<cache root>/checkpoints``, creating it if needed."""
     path = cache_root(root) / "checkpoints"

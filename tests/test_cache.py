@@ -171,3 +171,14 @@ def test_temp_files_of_a_killed_save_are_cleaned_next_time(tmp_path, monkeypatch
         and seen[0].endswith(f".{os.getpid()}.tmp")
         and os.path.basename(seen[0]).startswith(".x.json.")
     )
+
+
+def test_shown_paths_carry_no_machine_layout(tmp_path, monkeypatch):
+    from helpers.cache import REPO_ROOT, shown_path
+
+    monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(tmp_path))
+    assert shown_path(REPO_ROOT / "book" / "x.ipynb") == "book/x.ipynb"
+    assert (
+        shown_path(tmp_path / "mnist_waterbirds" / "abc")
+        == "$SHORTCUT_BOOK_DATA/mnist_waterbirds/abc"
+    )

@@ -36,7 +36,7 @@ import nbformat
 
 from helpers.book.closure import code_hash
 from helpers.book.params import PROFILES, ParameterError, profile_values
-from helpers.cache import REPO_ROOT, pid_alive
+from helpers.cache import REPO_ROOT, pid_alive, shown_path
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
@@ -129,10 +129,6 @@ def _kernel_env(results_dir: Path) -> dict:
     return env
 
 
-def _shown(path: Path) -> str:
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
 def _describe_failure(exc: Exception, partial: Path) -> str:
     cell = "unknown cell"
     try:
@@ -203,7 +199,7 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
             shutil.copy(kernel_log, FAILED / f"{src.stem}.kernel-stderr.log")
             raise ChapterFailed(
                 f"chapter {src.stem} failed at {_describe_failure(exc, tmp_nb)}\npartial notebook "
-                f"kept at {_shown(kept)} (kernel log beside it)"
+                f"kept at {shown_path(kept)} (kernel log beside it)"
             ) from None
         finally:
             os.environ.clear()

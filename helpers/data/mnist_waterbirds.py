@@ -65,7 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from helpers.cache import cache_root
+from helpers.cache import cache_root, shown_path
 from helpers.data.feature_folder import (
     FeatureSplit,
     load_feature_folder,
@@ -413,7 +413,7 @@ def offline_feature_folder(
             load_feature_folder(folder)  # verifies checksums and format
             info = read_meta(folder)
             if verbose:
-                print(f"offline feature folder: loaded from cache {folder}")
+                print(f"offline feature folder: loaded from cache {shown_path(folder)}")
             return folder, info
         except ValueError:
             pass  # corrupted: rebuild below
@@ -453,7 +453,9 @@ def offline_feature_folder(
     )
     write_feature_folder(folder, splits, meta=info, overwrite=True)
     if verbose:
-        print(f"offline feature folder: built in {info['build_seconds']:.1f} s → {folder}")
+        print(
+            f"offline feature folder: built in {info['build_seconds']:.1f} s → {shown_path(folder)}"
+        )
     return folder, info
 
 
