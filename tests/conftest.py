@@ -3,6 +3,28 @@ import pytest
 from helpers.data.mnist import load_mnist
 
 
+@pytest.fixture
+def pure_background_digits():
+    """A maker of ``n`` random-stroke "digits" on pure-colour backgrounds in [-1, 1], with stroke
+    masks: the images the pairing chapter trains on and attacks."""
+    import torch
+
+    from helpers.data import background_mnist as B
+
+    def make(n: int = 64):
+        strokes = torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8
+        y = torch.arange(n) % 10
+        return B.colour_split(
+            strokes.to(torch.uint8) * 255,
+            y,
+            "pure",
+            torch.Generator().manual_seed(1),
+            biased_digits=B.BIASED_DIGITS,
+        )
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """The real, checksum-verified MNIST (fetched once into the cache)."""

@@ -3,24 +3,12 @@
 import pytest
 import torch
 
-from helpers.data import background_mnist as B
 from helpers.methods import adversarial as A
 from helpers.models import LeNet
 
 
-def _toy(n):
-    """Coloured-background digits in [-1, 1], as the pairing chapter attacks them."""
-    raw = (torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).to(
-        torch.uint8
-    ) * 255
-    y = torch.arange(n) % 10
-    return B.colour_split(
-        raw, y, "pure", torch.Generator().manual_seed(1), biased_digits=B.BIASED_DIGITS
-    )
-
-
-def test_attacks_restore_mode_and_stay_in_range():
-    data = _toy(16)
+def test_attacks_restore_mode_and_stay_in_range(pure_background_digits):
+    data = pure_background_digits(16)
     torch.manual_seed(0)
     m = LeNet().train()
     x_adv = A.fgsm(m, data.x, data.y, 0.3, keep_misclassified=False)

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.data import background_mnist as B
 from helpers.methods import pairing as P
 from helpers.models import LeNet
 from helpers.tensordata import TensorData
@@ -46,18 +45,8 @@ def test_consistency_variants():
         P.paired_loss(o, o2, y, -1.0)
 
 
-def _toy(n=64):
-    raw = (torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).to(
-        torch.uint8
-    ) * 255
-    y = torch.arange(n) % 10
-    return B.colour_split(
-        raw, y, "pure", torch.Generator().manual_seed(1), biased_digits=B.BIASED_DIGITS
-    )
-
-
-def test_paired_step_trains_and_is_deterministic():
-    data = _toy()
+def test_paired_step_trains_and_is_deterministic(pure_background_digits):
+    data = pure_background_digits()
 
     def train(seed):
         torch.manual_seed(0)
