@@ -10,14 +10,18 @@ import numpy as np
 import torch
 
 
+def _check_seed(seed) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) and ask for deterministic kernels.
 
     The global streams then initialise the models; every other random draw (data, batch order,
     augmentation) has its own generator from :func:`generator` / :func:`derive_seed`.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - libraries that draw from numpy's global stream
     torch.manual_seed(seed)
@@ -37,8 +41,7 @@ def derive_seed(seed: int, *purpose: str | int) -> int:
     is independent of every other, also across run seeds (with offsets such as ``seed + 1``, run
     seed 1's training subset would be run seed 0's test subset).
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _check_seed(seed)
     if not purpose:
         raise ValueError("derive_seed needs a purpose (a name for the stream)")
     digest = hashlib.sha256(repr((seed, *purpose)).encode()).digest()
