@@ -12,6 +12,32 @@ from matplotlib.ticker import MaxNLocator
 
 BOOK_WIDTH = 7.0
 
+# One colour per method across the book (colour-blind-safe "colorblind" palette of seaborn), so a
+# method looks the same in every figure of every chapter.
+_CB = sns.color_palette("colorblind", 10)
+METHOD_COLOURS = {
+    "Vanilla": _CB[0],
+    "ERM": _CB[0],
+    "Biased": _CB[7],
+    "ReBias": _CB[3],
+    "RUBi": _CB[2],
+    "LearnedMixin+H": _CB[4],
+    "MaskTune": _CB[3],
+    "JTT": _CB[2],
+    "GroupDRO": _CB[4],
+    "LfF": _CB[1],
+    "CAML": _CB[3],
+}
+
+
+def method_colour(name: str):
+    """The book's colour for a method name (its first word also matches, e.g. "ReBias, λ = 1"),
+    or None for matplotlib's next colour."""
+    if name in METHOD_COLOURS:
+        return METHOD_COLOURS[name]
+    head = name.replace(",", " ").split()[0] if name.strip() else name
+    return METHOD_COLOURS.get(head)
+
 
 def use_book_style() -> None:
     """Consistent, legible defaults for every chapter."""
@@ -79,10 +105,14 @@ def training_curves(
     fig, axes = plt.subplots(1, len(metrics), figsize=(BOOK_WIDTH, 2.8), squeeze=False)
     for j, metric in enumerate(metrics):
         ax = axes[0, j]
+        used = []
         for name, h in histories.items():
             df = h.frame() if hasattr(h, "frame") else h
             if metric in df:
-                ax.plot(df.index, df[metric], marker="o", ms=3, label=name)
+                colour = method_colour(name)
+                colour = None if colour in used else colour  # two runs of one method: cycle
+                used.append(colour)
+                ax.plot(df.index, df[metric], marker="o", ms=3, label=name, color=colour)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_ylabel(ylabels[j] if ylabels else metric)

@@ -130,16 +130,31 @@ def biased_mnist(
     n_confusing_labels: int = 9,
     train_size: int | None = None,
     test_size: int | None = None,
+    val_size: int | None = None,
+    val_rho: float = 0.1,
     root=None,
 ) -> dict[str, TensorData]:
     """Training set at ``rho`` plus the ``biased`` / ``unbiased`` / ``conflicting`` test sets.
 
     ``train_size`` / ``test_size`` take a random subset (same seed ⇒ same subset) for fast profiles.
+    ``val_size`` holds that many MNIST *training* digits out of the training set (before
+    ``train_size`` subsets the rest) and colours them at ``val_rho`` as the set ``val``: with the
+    default 0.1 an unbiased validation set, which a practitioner only has if they can collect
+    colour-balanced labelled data.
     """
     mnist = load_mnist(root)
-    keep = random_subset(
-        len(mnist["train_y"]), train_size, derive_seed(seed, "train", "subset"), "train_size"
-    )
+    pool = torch.arange(len(mnist["train_y"]))
+    if val_size is not None:
+        held = random_subset(len(pool), val_size, derive_seed(seed, "val", "subset"), "val_size")
+        if len(held) >= len(pool) - 10:
+            raise ValueError(f"val_size={val_size} leaves fewer than 10 training images")
+        val_x, val_y = mnist["train_x"][held], mnist["train_y"][held]
+        free = torch.ones(len(pool), dtype=torch.bool)
+        free[held] = False
+        pool = pool[free]
+    keep = pool[
+        random_subset(len(pool), train_size, derive_seed(seed, "train", "subset"), "train_size")
+    ]
     tr_x, tr_y = mnist["train_x"][keep], mnist["train_y"][keep]
     keep = random_subset(
         len(mnist["test_y"]), test_size, derive_seed(seed, "test", "subset"), "test_size"
@@ -154,6 +169,14 @@ def biased_mnist(
             n_confusing_labels=n_confusing_labels,
         )
     }
+    if val_size is not None:
+        sets["val"] = make_biased_mnist(
+            val_x,
+            val_y,
+            val_rho,
+            seed=derive_seed(seed, "val", "colours"),
+            n_confusing_labels=n_confusing_labels,
+        )
     for name, eval_rho in EVAL_RHOS.items():
         sets[name] = make_biased_mnist(
             te_x,

@@ -33,13 +33,47 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.device import full_precision
-from helpers.methods.hsic import hsic_biased, hsic_unbiased
+from helpers.methods.hsic import hsic_biased, hsic_unbiased, median_sigma
 from helpers.models import SimpleConvNet
 from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import Batch, History, StepFn, accuracy_on, fit, supervised_step
 
 ESTIMATORS = {"unbiased": hsic_unbiased, "biased": hsic_biased}
+Sigma = float | str  # a fixed RBF width, or "median": the median heuristic on each batch
+
+
+def _check_sigma(sigma: Sigma) -> None:
+    if sigma == "median":
+        return
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f'sigma must be a number > 0 or "median", got {sigma!r}')
+
+
+def _widths(sigma: Sigma, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Kernel widths for features ``a`` and ``b``: ``sigma`` itself, or each one's median
+    pairwise distance in this batch (the reference's ImageNet choice, here per batch)."""
+    if sigma == "median":
+        return median_sigma(a.detach()), median_sigma(b.detach())
+    return float(sigma), float(sigma)
+
+
+def dependence_on(
+    f: nn.Module, g: nn.Module, data: TensorData, sigma: Sigma = 1.0
+) -> dict[str, float]:
+    """How much f's features depend on g's on ``data`` (call in eval mode): HSIC₁ with the
+    training kernel width, HSIC₁ with each side's median-heuristic width (invariant to rescaling
+    the features), and the mean L2 norm of f's features. The last two tell real independence from
+    a change of scale: an RBF kernel with a fixed σ reads far-apart features as independent. On an
+    unbiased set colour says nothing about the digit, so any dependence of f on the colour-only g
+    there is f reading colour."""
+    with torch.no_grad(), full_precision(data.x.device):
+        a, b = f.features(data.x).float(), g.features(data.x).float()
+        return {
+            "hsic": float(hsic_unbiased(a, b, *_widths(sigma, a, b))),
+            "hsic_median": float(hsic_unbiased(a, b, median_sigma(a), median_sigma(b))),
+            "f_feat_norm": float(a.norm(dim=1).mean()),
+        }
 
 
 def _check_nonneg(**values) -> None:
@@ -72,15 +106,14 @@ def independent_step(
     g: nn.Module,
     opt_f: torch.optim.Optimizer,
     opt_g: torch.optim.Optimizer,
-    sigma: float = 1.0,
+    sigma: Sigma = 1.0,
 ) -> StepFn:
     """Vanilla f and Biased g trained side by side with plain cross-entropy (the reference's λ_f =
     λ_g = 0).
 
     HSIC(f, g) is only *measured* (no gradient) so that its curve can be compared with ReBias's.
     """
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    _check_sigma(sigma)
 
     def step(batch: Batch) -> dict[str, torch.Tensor]:
         g_logits, g_feat = g.forward_with_features(batch.x)
@@ -97,9 +130,8 @@ def independent_step(
         }
         if len(batch) >= 4:
             with torch.no_grad():
-                out["hsic"] = hsic_unbiased(
-                    f_feat.detach().float(), g_feat.detach().float(), sigma, sigma
-                )
+                a, b = f_feat.detach().float(), g_feat.detach().float()
+                out["hsic"] = hsic_unbiased(a, b, *_widths(sigma, a, b))
         return out
 
     return step
@@ -112,7 +144,7 @@ def rebias_step(
     opt_g: torch.optim.Optimizer,
     lambda_f: float = 1.0,
     lambda_g: float = 1.0,
-    sigma: float = 1.0,
+    sigma: Sigma = 1.0,
     estimator: str = "unbiased",
 ) -> StepFn:
     """g minimises CE - λ_g·HSIC(g, f) first, then f minimises CE + λ_f·HSIC(f, g), on the same
@@ -122,10 +154,12 @@ def rebias_step(
     change during the g-step, so the f-step reuses that forward pass (the reference runs f twice;
     the gradients are the same, only f's BatchNorm running statistics are updated once per iteration
     instead of twice).
+
+    ``sigma="median"`` sets each network's kernel width to its features' median pairwise distance
+    in the batch (a constant of the step, as the reference treats it).
     """
     _check_nonneg(lambda_f=lambda_f, lambda_g=lambda_g)
-    if not (isinstance(sigma, (int, float)) and sigma > 0):
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    _check_sigma(sigma)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
     hsic = ESTIMATORS[estimator]
@@ -134,14 +168,17 @@ def rebias_step(
         f_logits, f_feat = f.forward_with_features(batch.x)
         # g-step: f only supplies fixed features
         g_logits, g_feat = g.forward_with_features(batch.x)
-        hsic_g = hsic(g_feat.float(), f_feat.detach().float(), sigma, sigma)
+        sigma_f, sigma_g = _widths(sigma, f_feat, g_feat)
+        hsic_g = hsic(g_feat.float(), f_feat.detach().float(), sigma_g, sigma_f)
         loss_g = F.cross_entropy(g_logits, batch.y) - lambda_g * hsic_g
         _descend(loss_g, opt_g)
 
         # f-step against the updated g, whose features are again fixed
         with torch.no_grad():
             g_feat_new = g.features(batch.x)
-        hsic_f = hsic(f_feat.float(), g_feat_new.float(), sigma, sigma)
+        if sigma == "median":
+            sigma_g = median_sigma(g_feat_new)
+        hsic_f = hsic(f_feat.float(), g_feat_new.float(), sigma_f, sigma_g)
         ce_f = F.cross_entropy(f_logits, batch.y)
         loss_f = ce_f + lambda_f * hsic_f
         _descend(loss_f, opt_f)
@@ -265,6 +302,7 @@ class MethodSetup:
     optimisers: list[torch.optim.Optimizer]
     evaluated: dict[str, nn.Module]
     pretrain_g: torch.optim.Optimizer | None = None  # LearnedMixin+H: g is pre-trained, then frozen
+    sigma: Sigma = 1.0  # the HSIC kernel width, also used by the per-epoch dependence diagnostics
 
 
 def build(
@@ -276,20 +314,23 @@ def build(
     weight_decay: float,
     lambda_f: float = 1.0,
     lambda_g: float = 1.0,
-    sigma: float = 1.0,
+    sigma: Sigma = 1.0,
     train_extra_layers: bool = True,
     entropy_weight: float = 0.36,
+    f_strides: Sequence[int] = (1, 1, 1, 1),
+    g_input_pool: int = 1,
 ) -> MethodSetup:
     """Build f = SimpleConvNet(7), g = SimpleConvNet(1), Adam optimisers and the step of ``method``.
 
     Call after seeding: the networks are initialised in a fixed order (f, g, then the extra layer).
     ``train_extra_layers=False`` leaves RUBi's head / LearnedMixin's gate untrained, as the
-    reference does.
+    reference does. ``f_strides`` and ``g_input_pool`` are the CPU-profile options of
+    :class:`~helpers.models.SimpleConvNet` (the paper: no stride, no pooling).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    f = SimpleConvNet(7, width=width).to(device)
-    g = SimpleConvNet(1, width=width).to(device)
+    f = SimpleConvNet(7, width=width, strides=tuple(f_strides)).to(device)
+    g = SimpleConvNet(1, width=width, input_pool=g_input_pool).to(device)
 
     def adam(net: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -303,10 +344,11 @@ def build(
             modules,
             [opt_f, opt_g],
             evaluated,
+            sigma=sigma,
         )
     if method == "rebias":
         step = rebias_step(f, g, opt_f, opt_g, lambda_f=lambda_f, lambda_g=lambda_g, sigma=sigma)
-        return MethodSetup(method, step, modules, [opt_f, opt_g], evaluated)
+        return MethodSetup(method, step, modules, [opt_f, opt_g], evaluated, sigma=sigma)
     if method == "rubi":
         modules["head"] = head = nn.Linear(g.feature_dim, 10).to(device)
         opt_extra = adam(head) if train_extra_layers else None
@@ -317,6 +359,7 @@ def build(
             modules,
             [o for o in (opt_f, opt_g, opt_extra) if o is not None],
             evaluated,
+            sigma=sigma,
         )
     modules["gate"] = gate = nn.Linear(f.feature_dim, 1).to(device)
     opt_extra = adam(gate) if train_extra_layers else None
@@ -329,20 +372,38 @@ def build(
         [o for o in (opt_f, opt_extra) if o is not None],
         {"f": f},
         pretrain_g=opt_g,
+        sigma=sigma,
     )
 
 
+DEPENDENCE_SAMPLES = 512  # images of the first evaluation split for the per-epoch HSIC diagnostics
+
+
 def evaluator(
-    sets: Mapping[str, TensorData], nets: Mapping[str, nn.Module]
+    sets: Mapping[str, TensorData],
+    nets: Mapping[str, nn.Module],
+    splits: Sequence[str] = ("biased", "unbiased"),
+    sigma: Sigma = 1.0,
 ) -> Callable[[], dict[str, float]]:
-    """Per-epoch accuracies of each network on the ``biased`` and ``unbiased`` test sets."""
+    """Per-epoch accuracies of each network on ``sets[split]`` for each split (``<split>_acc`` for
+    f, ``g_<split>_acc`` for g) and, when both f and g are evaluated, :func:`dependence_on` on the
+    first images of the first split (``<split>_hsic``, ``<split>_hsic_median``,
+    ``<split>_f_feat_norm``)."""
+    missing = [s for s in splits if s not in sets]
+    if missing:
+        raise ValueError(f"evaluation splits {missing} are not among the sets {sorted(sets)}")
+    probe = sets[splits[0]][torch.arange(min(DEPENDENCE_SAMPLES, len(sets[splits[0]])))]
 
     def evaluate() -> dict[str, float]:
-        return {
+        out = {
             (f"{split}_acc" if who == "f" else f"{who}_{split}_acc"): accuracy_on(net, sets[split])
             for who, net in nets.items()
-            for split in ("biased", "unbiased")
+            for split in splits
         }
+        if "f" in nets and "g" in nets and len(probe) >= 4:
+            dep = dependence_on(nets["f"], nets["g"], probe, sigma)
+            out.update({f"{splits[0]}_{k}": v for k, v in dep.items()})
+        return out
 
     return evaluate
 
@@ -359,9 +420,11 @@ def train(
     desc: str = "",
     callbacks: Sequence = (),
     progress: bool = True,
+    eval_splits: Sequence[str] = ("biased", "unbiased"),
 ) -> History:
-    """Train ``setup`` on ``sets["train"]`` with StepLR(lr_step, 0.1), evaluating on the test sets
-    each epoch.
+    """Train ``setup`` on ``sets["train"]`` with StepLR(lr_step, 0.1), evaluating on
+    ``sets[split]`` for each of ``eval_splits`` after every epoch (pass a validation split to keep
+    the test sets for the end).
 
     LearnedMixin+H first pre-trains g with plain cross-entropy for ``g_pretrain_epochs`` (batch
     order from ``derive_seed(seed, "g", "pretrain")``)."""
@@ -387,7 +450,7 @@ def train(
         seed=seed,
         schedulers=schedulers,
         min_batch=4,
-        evaluate=evaluator(sets, setup.evaluated),
+        evaluate=evaluator(sets, setup.evaluated, eval_splits, setup.sigma),
         callbacks=list(callbacks),
         progress=progress,
         desc=desc or setup.method,
