@@ -290,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folder that receives _build/ (default: repo root)",
     )
     sub.add_parser("list", help="list chapters and whether their executed copy is current")
+    sweep_p = sub.add_parser(
+        "sweep", help="train a chapter's grid in parallel (local, Slurm or Ray) into the cache"
+    )
+    from helpers.book import sweep as sweep_mod
+
+    sweep_mod.add_arguments(sweep_p)
     args = parser.parse_args(argv)
 
     current = None  # the chapter being executed, for the message on Ctrl-C
@@ -301,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "html":
             print(f"HTML in {build_html(args.output)}")
             return 0
+        if args.command == "sweep":
+            (src,) = chapters(args.chapters)
+            return sweep_mod.main(args, src.stem)
         if args.command == "list":
             for src in chapters():
                 state = (
