@@ -2,6 +2,7 @@
 #   make book   - create the virtual environment if missing, install, execute the chapters, build the HTML
 #   make test   - lint, unit tests, notebook checks, the book build, every chapter at smoke (nbval)
 #   make lint   - ruff check and ruff format --check (make format applies the formatter)
+#   make publish - push the HTML that `make book` built (_build/html) to the gh-pages branch
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -10,8 +11,11 @@ CHAPTERS ?=
 FORCE   ?=
 RETRAIN ?=
 STAMP   := $(VENV)/.installed
+# The browser test drives Debian's Chromium (never a browser build downloaded at run time).
+CHROMIUM ?= /usr/bin/chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book html test unit lint format lab benchmark clean distclean
+.PHONY: book html publish test unit lint format lab benchmark clean distclean
 LINTED  := helpers tests benchmarks notebooks
 
 $(STAMP): pyproject.toml
@@ -28,6 +32,15 @@ book: $(STAMP)
 html: $(STAMP)
 	$(PY) -m helpers.book html
 
+publish: $(STAMP)
+	@test -f _build/html/index.html || { echo "no _build/html: run make book first"; exit 1; }
+	$(PY) -m ghp_import --no-jekyll --push --force _build/html
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "the browser test needs Chromium at $(CHROMIUM)"; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
@@ -36,10 +49,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINTED)
 	$(VENV)/bin/ruff format $(LINTED)
 
-test: lint
+test: lint $(CHROMIUM)
 	rm -rf build/nbval
 	$(PY) -m helpers.book prepare --profile smoke --out build/nbval
-	SHORTCUT_BOOK_RETRAIN=1 TQDM_DISABLE=1 $(PY) -m pytest -p no:cacheprovider tests build/nbval \
+	SHORTCUT_BOOK_RETRAIN=1 TQDM_DISABLE=1 SHORTCUT_BOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests build/nbval \
 		--nbval-lax --nbval-current-env --durations=15
 
 unit: $(STAMP)

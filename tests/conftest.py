@@ -26,6 +26,14 @@ def pure_background_digits():
 
 
 @pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """The HTML book rendered once per test session from the executed chapters in book/."""
+    from helpers.book import runner
+
+    return runner.build_html(tmp_path_factory.mktemp("jb"))
+
+
+@pytest.fixture(scope="session")
 def mnist():
     """The real, checksum-verified MNIST (fetched once into the cache)."""
     return load_mnist()

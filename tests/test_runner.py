@@ -5,8 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import nbformat
 
@@ -113,3 +115,86 @@ def test_kernels_import_the_helpers_the_runner_hashed(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     path = runner._kernel_env(tmp_path)["PYTHONPATH"].split(os.pathsep)
     assert path == [str(REPO_ROOT), "/elsewhere"]
+
+
+def _recording_book(tmp_path, monkeypatch):
+    """A one-chapter book whose chapter writes its run record at once; the runner's folders point
+    into ``tmp_path``."""
+    from helpers.book import params
+
+    nbs = tmp_path / "notebooks"
+    (nbs / "profiles").mkdir(parents=True)
+    (nbs / "profiles" / "01_record.yaml").write_text(
+        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n"
+        "  full: {seed: 1}\n"
+    )
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import json, os, pathlib\n"
+            "out = pathlib.Path(os.environ['SHORTCUT_BOOK_RESULTS']) / '01_record.json'\n"
+            "out.write_text(json.dumps({'profile': profile, 'seeds': [seed]}))"
+        ),
+    ]
+    nbformat.write(nb, nbs / "01_record.ipynb")
+    monkeypatch.setattr(runner, "NOTEBOOKS", nbs)
+    monkeypatch.setattr(runner, "BOOK", tmp_path / "book")
+    monkeypatch.setattr(runner, "RESULTS", tmp_path / "book" / "results")
+    monkeypatch.setattr(runner, "FAILED", tmp_path / "failed")
+    monkeypatch.setattr(runner, "RUNNING", tmp_path / "running")
+    monkeypatch.setattr(params, "PROFILE_DIR", nbs / "profiles")
+    return nbs / "01_record.ipynb"
+
+
+def test_a_full_run_sits_beside_the_quick_copy(tmp_path, monkeypatch, capsys):
+    """Issue 14: --profile full writes book/full/ and book/results/full/, never the quick copy;
+    `list` shows both; each profile's hash skip works on its own copy."""
+    src = _recording_book(tmp_path, monkeypatch)
+    book = tmp_path / "book"
+    assert runner.main(["run", "--profile", "quick", "--chapters", "01", "--no-html"]) == 0
+    quick_nb = (book / "01_record.ipynb").read_bytes()
+    assert json.loads((book / "results" / "01_record.json").read_text())["profile"] == "quick"
+    assert [(p, s) for _, p, s in runner.listing()] == [("quick", "current")]
+
+    assert runner.main(["run", "--profile", "full", "--chapters", "01", "--no-html"]) == 0
+    full = json.loads((book / "results" / "full" / "01_record.json").read_text())
+    assert full == {"profile": "full", "seeds": [1]}
+    assert (book / "full" / "01_record.ipynb").is_file()
+    assert (book / "01_record.ipynb").read_bytes() == quick_nb  # untouched
+    assert json.loads((book / "results" / "01_record.json").read_text())["profile"] == "quick"
+    assert [(p, s) for _, p, s in runner.listing()] == [("quick", "current"), ("full", "current")]
+    capsys.readouterr()
+    assert runner.main(["list"]) == 0
+    assert capsys.readouterr().out.split() == ["01_record", "quick", "current"] + [
+        "01_record",
+        "full",
+        "current",
+    ]
+
+    assert runner.execute(src, "full") == "skipped"
+    assert runner.execute(src, "quick") == "skipped"
+    spec = src.parent / "profiles" / "01_record.yaml"
+    spec.write_text(spec.read_text().replace("full: {seed: 1}", "full: {seed: 2}"))
+    assert [(p, s) for _, p, s in runner.listing()] == [("quick", "current"), ("full", "stale")]
+
+
+def test_the_toc_gets_an_appendix_of_full_runs(monkeypatch):
+    scratch = REPO_ROOT / "build"
+    scratch.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        book = Path(tmp) / "book"
+        (book / "full").mkdir(parents=True)
+        (book / "full" / "05_rebias.ipynb").write_text("{}")
+        monkeypatch.setattr(runner, "BOOK", book)
+        toc = runner.book_toc()
+    chapters, appendix = toc["parts"]
+    assert [c["file"] for c in chapters["chapters"]][0] == "book/01_shortcut_learning"
+    assert appendix["chapters"] == [
+        {"file": (book / "full" / "05_rebias").relative_to(REPO_ROOT).as_posix()}
+    ]

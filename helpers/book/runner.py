@@ -33,9 +33,11 @@ import time
 from pathlib import Path
 
 import nbformat
+import yaml
 
 from helpers.book.closure import code_hash
 from helpers.book.params import PROFILES, ParameterError, profile_values
+from helpers.book.scorecard import record_files
 from helpers.cache import REPO_ROOT, pid_alive, shown_path
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -82,7 +84,8 @@ def chapters(selection: list[str] | None = None) -> list[Path]:
 
 def source_hash(src: Path, params: dict) -> str:
     """What an executed copy depends on: the cells' sources, the parameters and the helpers modules
-    it uses."""
+    it uses; for a chapter that reads the other chapters' run records (notebook metadata
+    ``shortcut_book.reads_records``, the scorecard), those records too."""
     nb = nbformat.read(src, as_version=4)
     h = hashlib.sha256()
     for cell in nb.cells:
@@ -90,11 +93,32 @@ def source_hash(src: Path, params: dict) -> str:
         h.update(cell.source.encode())
     h.update(json.dumps(params, sort_keys=True).encode())
     h.update(code_hash(src).encode())
+    if nb.metadata.get(META_KEY, {}).get("reads_records"):
+        for record in record_files(RESULTS):  # quick and full, never its own
+            h.update(record.relative_to(RESULTS).as_posix().encode())
+            h.update(record.read_bytes())
     return h.hexdigest()
 
 
-def executed_path(src: Path) -> Path:
-    return BOOK / src.name
+MAIN_PROFILE = "quick"  # the book's own pages; every other profile's copies sit beside them
+APPENDIX_PROFILE = "full"  # rendered as the appendix "Full-profile runs"
+
+
+def profile_folder(profile: str) -> Path:
+    """Where ``profile``'s executed copies go: book/ for quick, book/<profile>/ otherwise (so a
+    full or smoke run never overwrites the quick copy)."""
+    return BOOK if profile == MAIN_PROFILE else BOOK / profile
+
+
+def executed_path(src: Path, profile: str = MAIN_PROFILE) -> Path:
+    return profile_folder(profile) / src.name
+
+
+def results_path(stem: str, profile: str = MAIN_PROFILE) -> Path:
+    """The run record: book/results/<stem>.json for quick, book/results/<profile>/<stem>.json
+    otherwise."""
+    folder = RESULTS if profile == MAIN_PROFILE else RESULTS / profile
+    return folder / f"{stem}.json"
 
 
 def stored_hash(path: Path) -> str | None:
@@ -170,8 +194,8 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
 
     params = profile_values(src.stem, profile)
     digest = source_hash(src, params)
-    out = executed_path(src)
-    if not force and stored_hash(out) == digest and (RESULTS / f"{src.stem}.json").is_file():
+    out, record_out = executed_path(src, profile), results_path(src.stem, profile)
+    if not force and stored_hash(out) == digest and record_out.is_file():
         return "skipped"
     RUNNING.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{src.stem}-{os.getpid()}-", dir=RUNNING) as tmp:
@@ -211,9 +235,9 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
                 "run.finish(metrics=..., seeds=...)"
             )
         _finalise(tmp_nb, digest, profile)
-        BOOK.mkdir(exist_ok=True)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(record), RESULTS / record.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record_out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(record), record_out)
         shutil.move(str(tmp_nb), out)
     return "executed"
 
@@ -239,20 +263,84 @@ def prepare(profile: str, out_dir: Path, selection: list[str] | None = None) -> 
     return written
 
 
-def build_html(output: Path | None = None) -> Path:
+REPOSITORY_ENV = "SHORTCUT_BOOK_REPOSITORY"
+
+
+def book_config(repository: str | None = None) -> dict:
+    """``_config.yml`` with the repository applied: ``repository`` (else
+    ``$SHORTCUT_BOOK_REPOSITORY``, else the file's ``repository.url``) turns on the repository,
+    issue and Binder buttons; with none, no button is rendered."""
+    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
+    url = (
+        repository or os.environ.get(REPOSITORY_ENV) or config["repository"].get("url") or ""
+    ).strip()
+    if url and not url.startswith("https://"):
+        raise ValueError(f"the book's repository must be an https:// address, got {url!r}")
+    config["repository"]["url"] = url
+    html = config.setdefault("html", {})
+    html["use_repository_button"] = html["use_issues_button"] = bool(url)
+    if url:
+        config["launch_buttons"] = {
+            "notebook_interface": "jupyterlab",
+            "binderhub_url": "https://mybinder.org",
+        }
+    else:
+        config.pop("launch_buttons", None)
+    return config
+
+
+def book_toc() -> dict:
+    """``_toc.yml`` with an appendix part listing the full-profile copies that exist in book/full/
+    (none: the toc unchanged)."""
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    full = [
+        {"file": path.relative_to(REPO_ROOT).with_suffix("").as_posix()}
+        for src in chapters()
+        if (path := executed_path(src, APPENDIX_PROFILE)).is_file()
+    ]
+    if not full:
+        return toc
+    return {
+        "format": toc["format"],
+        "root": toc["root"],
+        "parts": [
+            {"caption": "Chapters", "chapters": toc["chapters"]},
+            {"caption": "Appendix: full-profile runs", "chapters": full},
+        ],
+    }
+
+
+def build_html(output: Path | None = None, repository: str | None = None) -> Path:
     """Render the book (pre-executed notebooks only; execute_notebooks is 'off') to
-    ``<output>/html``."""
+    ``<output>/_build/html``, with the repository buttons of :func:`book_config`."""
+    config = book_config(repository)  # first: a bad address writes nothing
+    out = output or REPO_ROOT
+    scratch = REPO_ROOT / "build"
+    scratch.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in (("_config.yml", config), ("_toc.yml", book_toc())):
+        with tempfile.NamedTemporaryFile("w", suffix=name, dir=scratch, delete=False) as fh:
+            yaml.safe_dump(content, fh, allow_unicode=True, sort_keys=False)
+        written.append(Path(fh.name))
     cmd = [
         str(Path(sys.executable).with_name("jupyter-book")),
         "build",
         str(REPO_ROOT),
         "--builder",
         "html",
+        "--config",
+        str(written[0]),
+        "--toc",
+        str(written[1]),
     ]
     if output is not None:
         cmd += ["--path-output", str(output)]
-    subprocess.run(cmd, check=True)
-    return (output or REPO_ROOT) / "_build" / "html"
+    try:
+        subprocess.run(cmd, check=True)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    return out / "_build" / "html"
 
 
 def _validate_all(srcs: list[Path], profile: str) -> None:
@@ -289,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder that receives _build/ (default: repo root)",
     )
+    html_p.add_argument(
+        "--repository",
+        default=None,
+        help=f"the book's GitHub repository (https://...; default: ${REPOSITORY_ENV}, then "
+        "_config.yml): turns on the repository, issue and Binder buttons",
+    )
     sub.add_parser("list", help="list chapters and whether their executed copy is current")
     sweep_p = sub.add_parser(
         "sweep", help="train a chapter's grid in parallel (local, Slurm or Ray) into the cache"
@@ -305,20 +399,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prepared {path}")
             return 0
         if args.command == "html":
-            print(f"HTML in {build_html(args.output)}")
+            try:
+                print(f"HTML in {build_html(args.output, args.repository)}")
+            except ValueError as exc:  # a malformed repository address
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             return 0
         if args.command == "sweep":
             (src,) = chapters(args.chapters)
             return sweep_mod.main(args, src.stem)
         if args.command == "list":
-            for src in chapters():
-                state = (
-                    "current"
-                    if stored_hash(executed_path(src))
-                    == source_hash(src, profile_values(src.stem, (stored_profile(src) or "quick")))
-                    else "stale or missing"
-                )
-                print(f"{src.stem:<32} {stored_profile(src) or '-':<6} {state}")
+            for src, profile, state in listing():
+                print(f"{src.stem:<32} {profile:<6} {state}")
             return 0
         srcs = chapters(args.chapters)
         _validate_all(srcs, args.profile)
@@ -356,11 +448,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def stored_profile(src: Path) -> str | None:
-    path = executed_path(src)
-    if not path.is_file():
-        return None
-    return nbformat.read(path, as_version=4).metadata.get(META_KEY, {}).get("profile")
+def state_of(src: Path, profile: str) -> str:
+    """'current', 'stale' or 'missing' for ``profile``'s executed copy of ``src``."""
+    path = executed_path(src, profile)
+    if not path.is_file() or not results_path(src.stem, profile).is_file():
+        return "missing"
+    current = stored_hash(path) == source_hash(src, profile_values(src.stem, profile))
+    return "current" if current else "stale"
+
+
+def listing() -> list[tuple[Path, str, str]]:
+    """(chapter, profile, state): the quick copy of every chapter, and each other profile's copy
+    that exists."""
+    rows = []
+    for src in chapters():
+        for profile in PROFILES:
+            if profile == MAIN_PROFILE or executed_path(src, profile).is_file():
+                rows.append((src, profile, state_of(src, profile)))
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""The built HTML book in a real browser: Debian's Chromium driven by Playwright, with every
+request that leaves the local server blocked (so the book must work offline), at a desktop and a
+phone width.
+
+`make test` installs Chromium from Debian's packages when it is missing; Playwright is only the
+driver (no browser download). ``SHORTCUT_BOOK_CHROMIUM`` points at another Chromium binary.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("SHORTCUT_BOOK_CHROMIUM", "/usr/bin/chromium"))
+DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 412, "height": 915}
+CHAPTERS = ["intro", "01_shortcut_learning", "02_fisher_regularization", "03_background_pairing"]
+CHAPTERS += ["04_masktune", "05_rebias", "06_caml"]
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test log free of one line per request
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(built_book):
+    """An HTTP server on 127.0.0.1 over the built book; yields its base address."""
+    handler = functools.partial(Quiet, directory=str(built_book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()
+
+
+class Reader:
+    """A browser page that blocks every request off the local server and records console errors
+    and blocked requests."""
+
+    def __init__(self, browser, site: str, viewport: dict):
+        self.site, self.errors, self.blocked = site, [], []
+        self.context = browser.new_context(viewport=viewport)
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on(
+            "console",
+            lambda m: m.type == "error" and self.errors.append(f"{self.page.url}: {m.text}"),
+        )
+        self.page.on("pageerror", lambda e: self.errors.append(f"{self.page.url}: {e}"))
+
+    def _route(self, route):
+        if route.request.url.startswith(self.site):
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def open(self, path: str):
+        response = self.page.goto(urljoin(self.site, path), wait_until="load")
+        assert response is not None and response.ok, f"{path}: HTTP {response and response.status}"
+        return self.page
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def desktop(browser, site):
+    r = Reader(browser, site, DESKTOP)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def phone(browser, site):
+    r = Reader(browser, site, PHONE)
+    yield r
+    r.close()
+
+
+def page_path(stem: str) -> str:
+    return f"book/{stem}.html"
+
+
+def test_sidebar_opens_and_closes_on_a_phone(phone):
+    page = phone.open(page_path("05_rebias"))
+    sidebar_link = page.locator("#pst-primary-sidebar-modal a[href$='01_shortcut_learning.html']")
+    assert not page.locator("#pst-primary-sidebar").is_visible()
+    page.locator(".primary-toggle").first.click()
+    dialog = page.locator("#pst-primary-sidebar-modal")
+    assert dialog.evaluate("d => d.open"), "the toggle did not open the chapter list"
+    assert sidebar_link.is_visible(), "the opened sidebar does not list the chapters"
+    page.keyboard.press("Escape")
+    assert not dialog.evaluate("d => d.open"), "Escape did not close the chapter list"
+    assert not phone.errors, phone.errors
+
+
+def test_sidebar_collapses_and_returns_on_a_desktop(desktop):
+    page = desktop.open(page_path("05_rebias"))
+    sidebar = page.locator("#pst-primary-sidebar")
+    assert sidebar.is_visible()
+    assert sidebar.locator("a[href$='01_shortcut_learning.html']").is_visible()
+    toggle = page.locator(".primary-toggle").first
+    toggle.click()
+    page.wait_for_timeout(400)  # the collapse is a CSS transition
+    assert not sidebar.is_visible() or sidebar.bounding_box()["width"] < 5, "did not collapse"
+    toggle.click()
+    page.wait_for_timeout(400)
+    assert sidebar.is_visible() and sidebar.bounding_box()["width"] > 100, "did not come back"
+    assert not desktop.errors, desktop.errors
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_math_renders_offline(viewport, request):
+    reader = request.getfixturevalue(viewport)
+    page = reader.open(page_path("05_rebias"))
+    page.wait_for_selector("mjx-container", timeout=20_000)
+    assert page.locator("mjx-container").count() >= 3
+    # MathJax replaces each \( ... \) / \[ ... \] that myst writes; leftovers are unrendered TeX
+    raw = re.findall(r"\\[(\[].{0,40}", page.locator("article").inner_text())
+    assert not raw, f"unrendered TeX on the page: {raw[:3]}"
+    assert not reader.blocked, f"the page asked the network for {reader.blocked}"
+    assert not reader.errors, reader.errors
+
+
+def test_every_page_its_links_and_images(desktop, site):
+    """Each chapter page: loads with no console error and no off-site request, its previous/next
+    links and every internal link resolve, and every image is decoded."""
+    seen: set[str] = set()
+    for i, stem in enumerate(CHAPTERS):
+        page = desktop.open(page_path(stem))
+        prev_next = {
+            sel: page.locator(sel).get_attribute("href")
+            for sel in ("a.left-prev", "a.right-next")
+            if page.locator(sel).count()
+        }
+        if i > 0:
+            assert "a.left-prev" in prev_next, f"{stem}: no link to the previous page"
+        if i < len(CHAPTERS) - 1:
+            assert "a.right-next" in prev_next, f"{stem}: no link to the next page"
+            assert prev_next["a.right-next"].endswith(f"{CHAPTERS[i + 1]}.html")
+        images = page.eval_on_selector_all(
+            "article img", "els => els.map(e => [e.src, e.complete && e.naturalWidth > 0])"
+        )
+        broken = [src for src, ok in images if not ok]
+        assert images and not broken, f"{stem}: {len(images)} images, broken: {broken}"
+        hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+        for href in hrefs:
+            url = href.split("#")[0]
+            if url.startswith(site) and url not in seen:
+                seen.add(url)
+                response = desktop.context.request.get(url)
+                assert response.ok, f"{stem}: link {url} gives HTTP {response.status}"
+    assert len(seen) >= len(CHAPTERS)
+    assert not desktop.blocked, f"pages asked the network for {sorted(set(desktop.blocked))}"
+    assert not desktop.errors, desktop.errors
+
+
+def test_search_finds_chapter_05(desktop):
+    page = desktop.open("search.html?q=ReBias")
+    page.wait_for_selector("#search-results ul.search li", timeout=20_000)
+    results = page.eval_on_selector_all(
+        "#search-results ul.search li a", "els => els.map(e => e.href)"
+    )
+    assert any(urlsplit(r).path.endswith("05_rebias.html") for r in results), results
+    assert not desktop.errors, desktop.errors
