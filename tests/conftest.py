@@ -27,9 +27,15 @@ def pure_background_digits():
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
-    """The HTML book rendered once per test session from the executed chapters in book/."""
+    """The HTML book rendered once per test session from the executed chapters in book/ (or an
+    already built one: ``SHORTCUT_BOOK_HTML=path/to/_build/html``)."""
+    import os
+    from pathlib import Path
+
     from helpers.book import runner
 
+    if os.environ.get("SHORTCUT_BOOK_HTML"):
+        return Path(os.environ["SHORTCUT_BOOK_HTML"])
     return runner.build_html(tmp_path_factory.mktemp("jb"))
 
 
