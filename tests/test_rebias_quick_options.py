@@ -60,6 +60,20 @@ def _setup(method="rebias", sigma=1.0):
     )
 
 
+def _one_epoch(setup, sets):
+    """One epoch of ``setup`` on ``sets``, scored on its "val" split."""
+    return R.train(
+        setup,
+        sets,
+        epochs=1,
+        batch_size=16,
+        lr_step=20,
+        seed=0,
+        progress=False,
+        eval_splits=("val",),
+    )
+
+
 def _data(n=64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return TensorData(
@@ -69,17 +83,7 @@ def _data(n=64, seed=0):
 
 def test_median_sigma_trains_and_bad_sigma_is_refused():
     setup = _setup(sigma="median")
-    hist = R.train(
-        setup,
-        {"train": _data(), "val": _data(seed=1)},
-        epochs=1,
-        batch_size=16,
-        lr_step=20,
-        seed=0,
-        progress=False,
-        eval_splits=("val",),
-    )
-    row = hist.rows[-1]
+    row = _one_epoch(setup, {"train": _data(), "val": _data(seed=1)}).rows[-1]
     assert torch.isfinite(torch.tensor(row["hsic"]))
     assert {"val_acc", "g_val_acc", "val_hsic", "val_hsic_median", "val_f_feat_norm"} <= set(row)
     for bad in (0.0, -1.0, "mean", True):
@@ -90,16 +94,7 @@ def test_median_sigma_trains_and_bad_sigma_is_refused():
 def test_missing_evaluation_split_is_named():
     setup = _setup()
     with pytest.raises(ValueError, match="val"):
-        R.train(
-            setup,
-            {"train": _data()},
-            epochs=1,
-            batch_size=16,
-            lr_step=20,
-            seed=0,
-            progress=False,
-            eval_splits=("val",),
-        )
+        _one_epoch(setup, {"train": _data()})
 
 
 class _Scaled(torch.nn.Module):

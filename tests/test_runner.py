@@ -33,13 +33,12 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _fake_book(tmp_path, marker):
-    """A one-chapter book whose chapter signals that it runs (``marker``), then sleeps."""
-    nbs = tmp_path / "notebooks"
-    (nbs / "profiles").mkdir(parents=True)
-    (nbs / "profiles" / "01_sleep.yaml").write_text(
-        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n  full: "
-        "{}\n"
+def _one_chapter(nbs, stem, code, full="{}"):
+    """Write notebook ``stem`` (a parameters cell, then ``code``) and its profile file."""
+    (nbs / "profiles").mkdir(parents=True, exist_ok=True)
+    (nbs / "profiles" / f"{stem}.yaml").write_text(
+        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n"
+        f"  full: {full}\n"
     )
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
@@ -49,11 +48,20 @@ def _fake_book(tmp_path, marker):
     }
     nb.cells = [
         nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)"
-        ),
+        nbformat.v4.new_code_cell(code),
     ]
-    nbformat.write(nb, nbs / "01_sleep.ipynb")
+    nbformat.write(nb, nbs / f"{stem}.ipynb")
+    return nbs / f"{stem}.ipynb"
+
+
+def _fake_book(tmp_path, marker):
+    """A one-chapter book whose chapter signals that it runs (``marker``), then sleeps."""
+    nbs = tmp_path / "notebooks"
+    _one_chapter(
+        nbs,
+        "01_sleep",
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(120)",
+    )
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "keep.txt").write_text("published\n")
     driver = tmp_path / "driver.py"
@@ -123,33 +131,21 @@ def _recording_book(tmp_path, monkeypatch):
     from helpers.book import params
 
     nbs = tmp_path / "notebooks"
-    (nbs / "profiles").mkdir(parents=True)
-    (nbs / "profiles" / "01_record.yaml").write_text(
-        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n"
-        "  full: {seed: 1}\n"
+    src = _one_chapter(
+        nbs,
+        "01_record",
+        "import json, os, pathlib\n"
+        "out = pathlib.Path(os.environ['SHORTCUT_BOOK_RESULTS']) / '01_record.json'\n"
+        "out.write_text(json.dumps({'profile': profile, 'seeds': [seed]}))",
+        full="{seed: 1}",
     )
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [
-        nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import json, os, pathlib\n"
-            "out = pathlib.Path(os.environ['SHORTCUT_BOOK_RESULTS']) / '01_record.json'\n"
-            "out.write_text(json.dumps({'profile': profile, 'seeds': [seed]}))"
-        ),
-    ]
-    nbformat.write(nb, nbs / "01_record.ipynb")
     monkeypatch.setattr(runner, "NOTEBOOKS", nbs)
     monkeypatch.setattr(runner, "BOOK", tmp_path / "book")
     monkeypatch.setattr(runner, "RESULTS", tmp_path / "book" / "results")
     monkeypatch.setattr(runner, "FAILED", tmp_path / "failed")
     monkeypatch.setattr(runner, "RUNNING", tmp_path / "running")
     monkeypatch.setattr(params, "PROFILE_DIR", nbs / "profiles")
-    return nbs / "01_record.ipynb"
+    return src
 
 
 def test_a_full_run_sits_beside_the_quick_copy(tmp_path, monkeypatch, capsys):
