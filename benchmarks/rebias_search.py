@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from helpers.book.chapter import git_commit
 from helpers.data import biased_mnist as bm
 from helpers.device import describe, pick_device
+from helpers.hardware import cpu_model
 from helpers.methods import rebias as R
 from helpers.seed import seed_everything
 from helpers.train import to_device
@@ -41,17 +41,6 @@ class EpochClock:
         self.seconds.append(round(now - self.start, 2))
         self.start = now
         return False
-
-
-def cpu_model() -> str:
-    """The processor's model name (seconds per epoch differ about 2x between the CPU kinds seen)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def sigma_arg(text: str):

@@ -21,6 +21,7 @@ import torch
 from helpers.book import sweep as S
 from helpers.cache import ENV_VAR
 from helpers.data.mnist import raw_dir
+from helpers.hardware import cpu_model
 
 
 def fresh_cache(parent: Path, name: str) -> Path:
@@ -58,6 +59,7 @@ def main() -> None:
         "profile": a.profile,
         "cells": n,
         "cpu_cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "torch_threads_sequential": torch.get_num_threads(),
         "workers": a.workers,
         "sequential_s": round(sequential, 1),
