@@ -1,9 +1,12 @@
-"""Wall time of chapter 05's grid trained sequentially in one process against a local sweep.
+"""Wall time of chapter 05's grid trained sequentially in one process against a sweep (local
+worker processes, or a running Ray cluster), and whether the two give the same cells.
 
 Each variant trains into its own empty cache (sharing the MNIST files), so neither finds a cell
-already trained.
+already trained. Afterwards every cell is loaded back from both caches and compared: test
+accuracies and every logged value but the epoch's wall time.
 
     python benchmarks/sweep_smoke.py [--profile smoke] [--workers 2] [--json out.json]
+    python benchmarks/sweep_smoke.py --executor ray [--threads 2]   # after `ray start --head`
 """
 
 from __future__ import annotations
@@ -31,10 +34,35 @@ def fresh_cache(parent: Path, name: str) -> Path:
     return root
 
 
+def cells(grid, cache: Path, profile: str) -> dict:
+    """Every cell of the grid, loaded from ``cache``: {cell: (test metrics, history)}."""
+    os.environ[ENV_VAR] = str(cache)
+    run = S.chapter_run("05_rebias", profile)
+    out = {}
+    for stage in grid.stages(run):
+        for cell in stage(run):
+            result = grid.train_cell(run, **cell, progress=False)
+            assert result.from_cache, f"{cell} is not in {cache}"
+            out[tuple(sorted(cell.items()))] = (result.test, result.history.drop(columns="time_s"))
+    return out
+
+
+def compare(grid, a: Path, b: Path, profile: str) -> dict[str, float]:
+    """The largest absolute difference between the two caches' cells: test accuracies, and the
+    logged values (accuracies, losses, HSIC) of every epoch."""
+    one, two = cells(grid, a, profile), cells(grid, b, profile)
+    assert one.keys() == two.keys()
+    test = max(abs(one[k][0][m] - two[k][0][m]) for k in one for m in one[k][0])
+    logged = max(float((one[k][1] - two[k][1]).abs().max().max()) for k in one)
+    return {"test_metrics": test, "logged_values": logged}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="smoke")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per cell")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     os.environ.pop("SHORTCUT_BOOK_RETRAIN", None)
@@ -53,17 +81,26 @@ def main() -> None:
 
         os.environ[ENV_VAR] = str(fresh_cache(tmp, "swept"))
         run = S.chapter_run("05_rebias", a.profile)
-        summary = S.sweep(run, S.LocalExecutor(a.workers), log_dir=tmp / "logs", progress=False)
+        executor = (
+            S.LocalExecutor(a.workers, a.threads)
+            if a.executor == "local"
+            else S.RayExecutor(None, gpus=0, cpus=a.threads or 2)
+        )
+        summary = S.sweep(run, executor, log_dir=tmp / "logs", progress=False)
         assert not summary.failed, S.report(summary)
+        differences = compare(grid, tmp / "sequential", tmp / "swept", a.profile)
     record = {
         "profile": a.profile,
         "cells": n,
         "cpu_cores": os.cpu_count(),
         "cpu_model": cpu_model(),
         "torch_threads_sequential": torch.get_num_threads(),
-        "workers": a.workers,
+        "executor": a.executor,
+        "workers": a.workers if a.executor == "local" else None,
+        "threads_per_cell": a.threads,
         "sequential_s": round(sequential, 1),
-        "local_sweep_s": summary.seconds,
+        "sweep_s": summary.seconds,
+        "max_abs_difference": differences,
     }
     print(json.dumps(record))
     if a.json:
