@@ -5,7 +5,7 @@ import torch
 from helpers.methods import group_methods as G
 from helpers.models import Adapter
 from helpers.tensordata import TensorData
-from helpers.train import TrainConfig
+from helpers.train import TrainConfig, accuracy_on
 
 
 def test_group_metrics_on_hand_made_predictions():
@@ -78,7 +78,11 @@ def test_methods_run_and_beat_chance_on_toy():
     out = G.train_groupdro(Adapter(4), tr, va, cfg, eta=0.1)
     assert sum(out.extras["q"]) == pytest.approx(1.0, abs=1e-5)
     m = Adapter(4)
-    assert G.train_lff(m, tr, va, cfg).best_epoch == 3
+    out = G.train_lff(m, tr, va, cfg)
+    # selected on plain validation accuracy, like ERM: the restored head scores that epoch's value
+    best = out.history.rows[out.best_epoch - 1]["val_acc"]
+    assert best == max(r["val_acc"] for r in out.history.rows)
+    assert accuracy_on(m, va) == pytest.approx(best)
     assert 1 <= G.train_erm(Adapter(4), tr, va, cfg).best_epoch <= 3
     predict, c = G.train_dfr(va, seed=0)
     assert (predict(va.x) == va.y.numpy()).mean() > 0.6

@@ -3,8 +3,9 @@
 All neural heads are :class:`helpers.caml.Adapter` (D → 128 tanh → 2) trained by
 :func:`helpers.train.fit` with Adam; the methods differ only in the step function or the sampler.
 Selection: worst-group accuracy on the group-balanced validation split for JTT, GroupDRO (as in
-their papers); plain validation accuracy for ERM; LfF keeps its last epoch (as in its official
-code). DFR is a logistic regression on the validation features.
+their papers); plain validation accuracy for ERM and LfF (LfF's official code keeps the last epoch;
+here it gets the same validation-based selection as the other methods). DFR is a logistic
+regression on the validation features.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import (
     Batch,
+    KeepBest,
     TrainConfig,
     TrainResult,
     accuracy_on,
@@ -194,7 +196,7 @@ def train_lff(
     desc: str = "LfF",
 ) -> TrainResult:
     """LfF: a GCE-trained biased head and the debiased ``model`` trained with relative-difficulty
-    weights."""
+    weights; ``model`` ends at the epoch of best plain validation accuracy."""
     if not 0 <= alpha < 1:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     biased = Adapter(train.x.shape[1]).to(train.device)
@@ -215,6 +217,9 @@ def train_lff(
         opt.step()
         return {"loss": loss, "mean_weight": w.mean()}
 
+    # the debiased head is selected like ERM and CAML, by plain accuracy on the (group-balanced)
+    # validation set; the worst groups are logged, never used
+    keep = KeepBest(model, "val_acc")
     h = fit(
         train,
         step,
@@ -224,11 +229,13 @@ def train_lff(
         seed=cfg.seed,
         desc=desc,
         evaluate=lambda: {
+            "val_acc": accuracy_on(model, val),
             "val_worst": worst_group_on(model, val),
             "biased_val_worst": worst_group_on(biased, val),
         },
+        callbacks=[keep],
     )
-    return TrainResult(h, cfg.epochs, {"biased": biased})  # LfF keeps its last epoch
+    return TrainResult(h, keep.restore(), {"biased": biased})
 
 
 # ----------------------------------------------------------------------------------------- GroupDRO
