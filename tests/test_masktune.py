@@ -107,3 +107,31 @@ def test_finetune_is_one_epoch_and_changes_weights():
     h = mt.masktune_finetune(model, opt, data, batch_size=16, seed=0)
     assert len(h.rows) == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_each_fine_tuning_optimiser_owns_its_copy_of_the_erm_state():
+    """Loading one ERM state dict into two SGD optimisers must not make them share momentum
+    buffers (torch keeps same-device tensors on load): variant k would start from variant k-1."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    state = opt.state_dict()
+    erm_momentum = [b.clone() for b in (s["momentum_buffer"] for s in state["state"].values())]
+
+    def one_step():
+        ft = torch.nn.Linear(4, 2)
+        ft.load_state_dict(net.state_dict())
+        ft_opt = mt.resume_sgd(ft, state, lr=0.1)
+        F.cross_entropy(ft(x), y).backward()
+        ft_opt.step()
+        return ft.weight.detach().clone()
+
+    first, second = one_step(), one_step()
+    assert torch.equal(first, second)  # both variants started from the same ERM state
+    for kept, now in zip(erm_momentum, (s["momentum_buffer"] for s in state["state"].values())):
+        assert torch.equal(kept, now)  # and the ERM state itself is untouched

@@ -114,6 +114,21 @@ def erased_fraction(keep: torch.Tensor) -> float:
     return float(1.0 - keep.float().mean())
 
 
+def resume_sgd(model: nn.Module, state: dict, *, lr: float) -> torch.optim.SGD:
+    """The official fine-tuning optimiser: SGD (momentum 0.9, weight decay 1e-4) holding its **own
+    copy** of the ERM optimiser's ``state`` (momentum buffers, learning rate).
+
+    ``Optimizer.load_state_dict`` keeps the given tensors when they already sit on the right device
+    with the right dtype, so two optimisers loaded from one state dict would share, and both update
+    in place, the same momentum buffers: every masking variant would start from the previous
+    variant's momentum. The deep copy gives each variant the ERM state itself."""
+    import copy
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    opt.load_state_dict(copy.deepcopy(state))
+    return opt
+
+
 def masktune_finetune(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
