@@ -28,6 +28,14 @@ TOC = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
 CHAPTERS = [Path(e["file"]).name for e in [{"file": TOC["root"]}, *TOC["chapters"]]]
 
 
+# an element's text without what MathJax typeset (its output keeps the TeX in assistive markup)
+RENDERED_TEXT = """els => els.map(e => {
+  const c = e.cloneNode(true);
+  c.querySelectorAll("mjx-container").forEach(m => m.remove());
+  return c.innerText;
+})"""
+
+
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep the test log free of one line per request
         pass
@@ -161,6 +169,11 @@ def test_every_page_its_links_and_images(desktop, site):
         if i < len(CHAPTERS) - 1:
             assert "a.right-next" in prev_next, f"{stem}: no link to the next page"
             assert prev_next["a.right-next"].endswith(f"{CHAPTERS[i + 1]}.html")
+        page.wait_for_load_state("networkidle")
+        # prose only (shown code may hold backslashes): TeX that MathJax did not typeset
+        prose = "\n".join(page.eval_on_selector_all("article p, article li", RENDERED_TEXT))
+        raw_tex = re.findall(r"\\[(\[].{0,30}|\$[^$\n]{0,40}\\[A-Za-z]+[^$\n]{0,40}\$", prose)
+        assert not raw_tex, f"{stem}: unrendered TeX {raw_tex[:3]}"
         images = page.eval_on_selector_all(
             "article img", "els => els.map(e => [e.src, e.complete && e.naturalWidth > 0])"
         )
