@@ -46,3 +46,10 @@ def test_one_setting_turns_the_repository_buttons_on(monkeypatch):
     assert not config["html"]["use_repository_button"] and "launch_buttons" not in config
     with pytest.raises(ValueError, match="https://"):
         runner.book_config("github.com/example/book")
+
+
+def test_a_bad_repository_stops_a_run_before_any_chapter(monkeypatch, capsys):
+    monkeypatch.setenv(runner.REPOSITORY_ENV, "github.com/example/book")
+    monkeypatch.setattr(runner, "execute", lambda *a, **k: pytest.fail("a chapter was executed"))
+    assert runner.main(["run", "--chapters", "01"]) == 2
+    assert "must be an https:// address" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import html
 import posixpath
 from pathlib import Path
 
-FULL = "full"  # the folder and profile name of runner.APPENDIX_PROFILE
+from helpers.book.layout import APPENDIX_PROFILE as FULL
 
 
 def _note(text: str, target: str, label: str) -> str:

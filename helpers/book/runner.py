@@ -36,6 +36,7 @@ import nbformat
 import yaml
 
 from helpers.book.closure import code_hash
+from helpers.book.layout import APPENDIX_PROFILE, MAIN_PROFILE, profile_folder
 from helpers.book.params import PROFILES, ParameterError, profile_values
 from helpers.book.scorecard import record_files
 from helpers.cache import REPO_ROOT, pid_alive, shown_path
@@ -100,25 +101,15 @@ def source_hash(src: Path, params: dict) -> str:
     return h.hexdigest()
 
 
-MAIN_PROFILE = "quick"  # the book's own pages; every other profile's copies sit beside them
-APPENDIX_PROFILE = "full"  # rendered as the appendix "Full-profile runs"
-
-
-def profile_folder(profile: str) -> Path:
-    """Where ``profile``'s executed copies go: book/ for quick, book/<profile>/ otherwise (so a
-    full or smoke run never overwrites the quick copy)."""
-    return BOOK if profile == MAIN_PROFILE else BOOK / profile
-
-
 def executed_path(src: Path, profile: str = MAIN_PROFILE) -> Path:
-    return profile_folder(profile) / src.name
+    """book/<chapter>.ipynb for quick, book/<profile>/<chapter>.ipynb otherwise."""
+    return profile_folder(BOOK, profile) / src.name
 
 
 def results_path(stem: str, profile: str = MAIN_PROFILE) -> Path:
     """The run record: book/results/<stem>.json for quick, book/results/<profile>/<stem>.json
     otherwise."""
-    folder = RESULTS if profile == MAIN_PROFILE else RESULTS / profile
-    return folder / f"{stem}.json"
+    return profile_folder(RESULTS, profile) / f"{stem}.json"
 
 
 def stored_hash(path: Path) -> str | None:
@@ -266,6 +257,10 @@ def prepare(profile: str, out_dir: Path, selection: list[str] | None = None) -> 
 REPOSITORY_ENV = "SHORTCUT_BOOK_REPOSITORY"
 
 
+class RepositoryError(ValueError):
+    """The book's repository address is not an https:// address."""
+
+
 def book_config(repository: str | None = None) -> dict:
     """``_config.yml`` with the repository applied: ``repository`` (else
     ``$SHORTCUT_BOOK_REPOSITORY``, else the file's ``repository.url``) turns on the repository,
@@ -275,7 +270,7 @@ def book_config(repository: str | None = None) -> dict:
         repository or os.environ.get(REPOSITORY_ENV) or config["repository"].get("url") or ""
     ).strip()
     if url and not url.startswith("https://"):
-        raise ValueError(f"the book's repository must be an https:// address, got {url!r}")
+        raise RepositoryError(f"the book's repository must be an https:// address, got {url!r}")
     config["repository"]["url"] = url
     html = config.setdefault("html", {})
     html["use_repository_button"] = html["use_issues_button"] = bool(url)
@@ -399,11 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prepared {path}")
             return 0
         if args.command == "html":
-            try:
-                print(f"HTML in {build_html(args.output, args.repository)}")
-            except ValueError as exc:  # a malformed repository address
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+            print(f"HTML in {build_html(args.output, args.repository)}")
             return 0
         if args.command == "sweep":
             (src,) = chapters(args.chapters)
@@ -414,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         srcs = chapters(args.chapters)
         _validate_all(srcs, args.profile)
+        if not args.no_html:
+            book_config()  # a malformed repository address stops the run before any chapter
         clean_stale_runs()
         if args.retrain:
             # inherited by the kernels; read by cached_run
@@ -432,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_html:
             print(f"HTML in {build_html()}")
         return 0
-    except (ParameterError, FileNotFoundError) as exc:
+    except (ParameterError, FileNotFoundError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ChapterFailed as exc:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers.book.layout import MAIN_PROFILE, profile_folder
 from helpers.cache import REPO_ROOT
 
 RESULTS = REPO_ROOT / "book" / "results"
-PROFILES = ("quick", "full")  # the profiles the book publishes; smoke records are never read
+PROFILES = (MAIN_PROFILE, "full")  # the profiles the book publishes; smoke records are never read
 RECORD_KEYS = {
     "chapter": str,
     "profile": str,
@@ -175,7 +176,8 @@ HEADLINES: tuple[Headline, ...] = (
 
 
 def load_record(path: Path) -> dict[str, Any]:
-    """One run record, checked: JSON, the record keys with their types, a known profile."""
+    """One run record, checked: JSON, the record keys with their types, the chapter its file
+    names."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -194,19 +196,24 @@ def load_record(path: Path) -> dict[str, Any]:
 
 def record_files(results: Path = RESULTS) -> list[Path]:
     """Every published run record except the scorecard's own: quick, then full."""
-    files = []
-    for profile in PROFILES:
-        folder = results if profile == "quick" else results / profile
-        files += sorted(p for p in folder.glob("[0-9][0-9]_*.json") if p.stem != SELF)
-    return files
+    return [path for profile, path in _published(results)]
+
+
+def _published(results: Path) -> list[tuple[str, Path]]:
+    """(profile, record file) for every published record except the scorecard's own."""
+    return [
+        (profile, path)
+        for profile in PROFILES
+        for path in sorted(profile_folder(results, profile).glob("[0-9][0-9]_*.json"))
+        if path.stem != SELF
+    ]
 
 
 def load_records(results: Path = RESULTS) -> dict[str, dict[str, dict[str, Any]]]:
     """``{profile: {chapter: record}}`` for the quick and full records under ``results``; a record
     whose profile does not match its folder is an error."""
     records: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in PROFILES}
-    for path in record_files(results):
-        expected = "quick" if path.parent == results else path.parent.name
+    for expected, path in _published(results):
         record = load_record(path)
         if record["profile"] != expected:
             raise RecordError(f"{path}: profile {record['profile']!r} in the {expected} folder")
@@ -225,9 +232,8 @@ def lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
 
 
 def provenance(record: Mapping[str, Any]) -> str:
-    seeds = record["seeds"]
     return (
-        f"{record['profile']}, {record['device']}, seeds {seeds}, "
+        f"{record['profile']}, {record['device']}, seeds {record['seeds']}, "
         f"{record['wall_time_s']:.0f} s, {record['git_commit']}, {record['finished_utc'][:10]}"
     )
 
@@ -251,11 +257,8 @@ def verdict(h: Headline, quick: float | None, full: float | None, real_data: boo
         return "reproduced at full scale" if close else "not reproduced at full scale"
     if quick is None:
         return "not measured yet"
-    return (
-        "matches at quick scale"
-        if abs(quick - h.reference) <= h.tolerance
-        else ("differs at quick scale")
-    )
+    close = abs(quick - h.reference) <= h.tolerance
+    return "matches at quick scale" if close else "differs at quick scale"
 
 
 def reason(h: Headline, status: str) -> str:
@@ -284,10 +287,10 @@ def scorecard(records: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[di
             value = lookup(record["metrics"], h.path) if record and h.path else None
             values[profile] = value
             sources[profile] = provenance(record) if record and value is not None else ""
-        chapter_metrics = (records.get("full", {}).get(h.chapter) or {}).get("metrics") or (
-            records.get("quick", {}).get(h.chapter) or {}
-        ).get("metrics", {})
-        real_data = chapter_metrics.get("data_source", "offline-mnist") != "offline-mnist"
+        # the data the chapter ran on: the full run's when there is one
+        runs = (records.get(p, {}).get(h.chapter) for p in PROFILES[::-1])
+        newest = next((r for r in runs if r), {})
+        real_data = newest.get("metrics", {}).get("data_source", "offline-mnist") != "offline-mnist"
         rows.append(
             {
                 "chapter": h.chapter,
