@@ -50,6 +50,19 @@ def use_book_style() -> None:
             "figure.autolayout": False,
         }
     )
+    _retina_inline_figures()
+
+
+def _retina_inline_figures() -> None:
+    """Inline PNGs at twice the pixels, displayed at the same size (sharp on high-density
+    screens: the notebook output records the display width, which the HTML book honours)."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # plain Python: no inline figures to configure
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("retina")
 
 
 def _to_hwc(img: torch.Tensor) -> np.ndarray:
@@ -195,10 +208,12 @@ def group_heatmap(
     ax=None,
     target_label: str = "target (digit)",
     bias_label: str = "bias attribute (colour)",
+    fmt: str = ".2f",
 ):
     """(target × bias) accuracy table, e.g. digit × background colour."""
     return heatmap(
         table,
+        fmt=fmt,
         xlabel=bias_label,
         ylabel=target_label,
         title=title,
