@@ -131,8 +131,8 @@ def training_curves(
         ax.set_ylabel(ylabels[j] if ylabels else metric)
         ax.set_title(titles[j] if titles else metric, fontsize=10)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        axes[0, -1].legend(fontsize=8, loc="best")
+    if handles:  # beside the last panel, where it cannot cover a curve
+        axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig
 
@@ -180,23 +180,39 @@ def heatmap(
     return ax.figure
 
 
-def confusion_heatmap(cm: np.ndarray, *, title: str, class_names=None, ax=None):
-    """Row-normalised confusion matrix: row = true class, column = predicted class."""
+def confusion_heatmap(
+    cm: np.ndarray,
+    *,
+    title: str,
+    class_names=None,
+    ax=None,
+    ylabel: str = "true class",
+    colorbar: bool = True,
+):
+    """Row-normalised confusion matrix (row = true class, column = predicted class), annotated in
+    whole percent so that a 10×10 matrix stays legible in half the page width. ``colorbar=False``
+    leaves the scale to a neighbouring panel (all panels share 0–100 %)."""
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) if cm.max() > 1 else cm
     names = class_names if class_names is not None else list(range(cm.shape[0]))
-    return heatmap(
-        norm,
+    fig = heatmap(
+        100 * norm,
         xlabel="predicted class",
-        ylabel="true class",
+        ylabel=ylabel,
         title=title,
         xticklabels=names,
         yticklabels=names,
         ax=ax,
         cmap="Blues",
-        cbar_label="fraction of the row",
+        fmt=".0f",
+        vmin=0.0,
+        vmax=100.0,
+        cbar_label="% of the row",
     )
+    if not colorbar:
+        (ax or fig.axes[0]).collections[0].colorbar.remove()
+    return fig
 
 
 def group_heatmap(

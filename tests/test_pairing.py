@@ -81,3 +81,18 @@ def test_paired_step_bad_arguments():
     d = TensorData(torch.zeros(4, 3, 28, 28), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="mask"):
         fit(d, step, epochs=1, batch_size=4, modules=m, seed=0, progress=False)
+
+
+def test_paired_dev_loss_scores_the_copies_only():
+    """The reference's dev loss: cross-entropy on the re-backgrounded copies; the biased originals
+    (which a shortcut model gets right) do not enter model selection."""
+    torch.manual_seed(0)
+    model = LeNet().eval()
+    copies = torch.rand(16, 3, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    a = TensorData(torch.rand(16, 3, 28, 28), y)
+    b = TensorData(torch.zeros(16, 3, 28, 28), y)
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model(copies), y))
+    assert P.paired_dev_loss(model, a, copies) == pytest.approx(expected, rel=1e-6)
+    assert P.paired_dev_loss(model, b, copies) == pytest.approx(expected, rel=1e-6)

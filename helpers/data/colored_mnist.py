@@ -38,10 +38,32 @@ TRAIN_SPLIT = 48_000  # of the official 60k training images; the other 12k are t
 GRAY_COLOUR = (1.0, 1.0, 1.0)
 
 
-def colour_table(seed: int) -> torch.Tensor:
-    """One colour per class, i.i.d. Uniform[0, 1]³ (the reference's ``colors=[0, 1]``): shape (10,
-    3)."""
-    return torch.rand(NUM_CLASSES, 3, generator=generator(seed))
+PALETTES = ("uniform", "sphere")
+
+
+def colour_table(seed: int, palette: str = "uniform") -> torch.Tensor:
+    """One colour per class, shape (10, 3).
+
+    ``"uniform"``: i.i.d. Uniform[0, 1]³, the reference's ``colors=[0, 1]``. Some of these colours
+    lie inside the convex hull of the others, and no linear function of the colour can make such a
+    class win, so a late-fusion model that adds ``W_c·c`` to its logits cannot read them.
+    ``"sphere"``: ten colours spread evenly (a Fibonacci lattice) on the sphere of radius 0.5
+    inscribed in the colour cube, randomly rotated and assigned to the classes: every colour is a
+    vertex of the hull, so ``W_c·c`` can name every class — a colour shortcut a linear layer can
+    take."""
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
+    gen = generator(seed)
+    if palette == "uniform":
+        return torch.rand(NUM_CLASSES, 3, generator=gen)
+    k = torch.arange(NUM_CLASSES, dtype=torch.float64) + 0.5
+    z = 1 - 2 * k / NUM_CLASSES
+    phi = torch.pi * (1 + 5**0.5) * k
+    r = (1 - z**2).sqrt()
+    points = torch.stack([r * phi.cos(), r * phi.sin(), z], dim=1)
+    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    points = points @ rotation.T
+    return (0.5 + 0.5 * points[torch.randperm(NUM_CLASSES, generator=gen)]).float()
 
 
 def colour_vectors(
@@ -99,6 +121,7 @@ def build_colored_mnist(
     *,
     seed: int,
     std: float = 0.1,
+    palette: str = "uniform",
     train_size: int | None = None,
     val_size: int | None = None,
     test_size: int | None = None,
@@ -109,10 +132,11 @@ def build_colored_mnist(
 
     Each is a TensorData with images ``x``, labels ``y``, ``extras["colour"]`` and ``bias`` = the
     class whose colour the sample carries (None on the grey sets). ``train_size`` / ``val_size`` /
-    ``test_size`` take seeded random subsets of the 48k / 12k / 10k sets for fast profiles.
+    ``test_size`` take seeded random subsets of the 48k / 12k / 10k sets for fast profiles;
+    ``palette`` chooses the class colours (:func:`colour_table`).
     """
     mnist = load_mnist(root)
-    table = colour_table(derive_seed(seed, "colours"))
+    table = colour_table(derive_seed(seed, "colours"), palette)
     perm = torch.randperm(len(mnist["train_y"]), generator=generator(seed, "split"))
     parts = {"train": perm[:TRAIN_SPLIT], "val": perm[TRAIN_SPLIT:]}
     for name, size in (("train", train_size), ("val", val_size)):
@@ -185,6 +209,7 @@ __all__ = [
     "ColoredMNIST",
     "build_colored_mnist",
     "colour_table",
+    "PALETTES",
     "colour_vectors",
     "other_class",
     "min_colour_distance",

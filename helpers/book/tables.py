@@ -1,0 +1,57 @@
+"""One table style for the book's pages: a caption, fractions as percentages with one decimal,
+other numbers with a fixed number of significant digits, and a dash for a missing value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+MISSING = "–"
+
+
+def book_table(
+    df: pd.DataFrame,
+    caption: str,
+    *,
+    percent: Iterable[str] | Callable[[str], bool] | str = (),
+    digits: int = 3,
+    hide_index: bool = False,
+) -> Styler:
+    """``df`` styled for the page. ``percent`` names the columns holding fractions (``"all"`` for
+    every numeric column, or a predicate on the column name); they are shown as ``12.3%``. Other
+    floats get ``digits`` significant digits; integers and text are shown as they are."""
+    if not caption:
+        raise ValueError("every table in the book has a caption")
+    if percent == "all":
+        as_percent = set(df.select_dtypes("number").columns)
+    elif callable(percent):
+        as_percent = {c for c in df.columns if percent(str(c))}
+    else:
+        as_percent = set(percent)
+        unknown = as_percent - set(df.columns)
+        if unknown:
+            raise ValueError(f"percent columns {sorted(map(str, unknown))} are not in the table")
+    formats = {}
+    for column in df.columns:
+        if column in as_percent:
+            formats[column] = "{:.1%}"
+        elif pd.api.types.is_float_dtype(df[column]):
+            formats[column] = _number_format(df[column], digits)
+    styler = df.style.format(formats, na_rep=MISSING).set_caption(caption)
+    return styler.hide(axis="index") if hide_index else styler
+
+
+def _number_format(values: pd.Series, digits: int) -> Callable[[float], str]:
+    """Whole numbers (e.g. counts that a transpose turned into floats) with thousands separators;
+    others with ``digits`` significant digits, never in scientific notation below a million."""
+    finite = values.dropna()
+    whole = bool(len(finite)) and bool((finite == finite.round()).all())
+
+    def fmt(x: float) -> str:
+        if whole or abs(x) >= 10**digits:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}g}" if abs(x) >= 1e-4 or x == 0 else f"{x:.1e}"
+
+    return fmt

@@ -1,0 +1,31 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.book.tables import book_table
+
+
+def test_percent_counts_missing_and_caption():
+    df = pd.DataFrame(
+        {"acc": [0.9961, np.nan], "images": [12000.0, 480.0], "loss": [0.0123, 1.5]},
+        index=["a", "b"],
+    )
+    html = book_table(df, "A caption", percent=["acc"]).to_html()
+    assert "A caption" in html
+    assert "99.6%" in html and "–" in html  # fraction as percent, missing value as a dash
+    assert "12,000" in html and "480" in html and "e+" not in html  # counts stay counts
+    assert "0.0123" in html and "1.5" in html
+
+
+def test_percent_predicate_and_all():
+    df = pd.DataFrame({"val_acc": [0.5], "loss": [0.25]})
+    assert "25.0%" not in book_table(df, "c", percent=lambda c: c.endswith("_acc")).to_html()
+    assert "25.0%" in book_table(df, "c", percent="all").to_html()
+
+
+def test_unknown_column_and_missing_caption_are_errors():
+    df = pd.DataFrame({"a": [0.1]})
+    with pytest.raises(ValueError, match="not in the table"):
+        book_table(df, "c", percent=["b"])
+    with pytest.raises(ValueError, match="caption"):
+        book_table(df, "")
