@@ -93,3 +93,23 @@ def test_predict_matches_forward(small):
     logits = cm.predict(model, d, batch_size=128)
     assert torch.allclose(logits[:7], model(d.x[:7], d.extras["colour"][:7]), atol=1e-5)
     assert 0.0 <= cm.accuracy(model, d) <= 1.0
+
+
+def test_sphere_palette_spreads_the_colours_inside_the_cube():
+    table = cm.colour_table(3, "sphere")
+    assert table.shape == (10, 3) and bool(((table >= 0) & (table <= 1)).all())
+    assert torch.allclose((table - 0.5).norm(dim=1), torch.full((10,), 0.5), atol=1e-5)
+    assert cm.min_colour_distance(table)[0] > 0.45
+    assert not torch.equal(table, cm.colour_table(4, "sphere"))  # seeded rotation / assignment
+    with pytest.raises(ValueError, match="palette"):
+        cm.colour_table(0, "rainbow")
+
+
+def test_scale_multiplies_every_colour_vector_grey_included(mnist):
+    base = cm.build_colored_mnist(seed=0, train_size=100, val_size=100, test_size=100)
+    big = cm.build_colored_mnist(seed=0, scale=10.0, train_size=100, val_size=100, test_size=100)
+    for name in base.sets:
+        assert torch.allclose(big[name].extras["colour"], 10 * base[name].extras["colour"])
+        assert torch.equal(big[name].x, base[name].x)
+    with pytest.raises(ValueError, match="scale"):
+        cm.build_colored_mnist(seed=0, scale=0.0, train_size=100)

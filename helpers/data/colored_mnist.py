@@ -44,13 +44,10 @@ PALETTES = ("uniform", "sphere")
 def colour_table(seed: int, palette: str = "uniform") -> torch.Tensor:
     """One colour per class, shape (10, 3).
 
-    ``"uniform"``: i.i.d. Uniform[0, 1]³, the reference's ``colors=[0, 1]``. Some of these colours
-    lie inside the convex hull of the others, and no linear function of the colour can make such a
-    class win, so a late-fusion model that adds ``W_c·c`` to its logits cannot read them.
-    ``"sphere"``: ten colours spread evenly (a Fibonacci lattice) on the sphere of radius 0.5
-    inscribed in the colour cube, randomly rotated and assigned to the classes: every colour is a
-    vertex of the hull, so ``W_c·c`` can name every class — a colour shortcut a linear layer can
-    take."""
+    ``"uniform"``: i.i.d. Uniform[0, 1]³, the reference's ``colors=[0, 1]`` (two classes can get
+    near-identical colours). ``"sphere"``: ten colours spread evenly (a Fibonacci lattice) on the
+    sphere of radius 0.5 inscribed in the colour cube, randomly rotated and assigned to the
+    classes, so that no two are closer than ≈ 0.49."""
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
     gen = generator(seed)
@@ -122,6 +119,7 @@ def build_colored_mnist(
     seed: int,
     std: float = 0.1,
     palette: str = "uniform",
+    scale: float = 1.0,
     train_size: int | None = None,
     val_size: int | None = None,
     test_size: int | None = None,
@@ -133,7 +131,9 @@ def build_colored_mnist(
     Each is a TensorData with images ``x``, labels ``y``, ``extras["colour"]`` and ``bias`` = the
     class whose colour the sample carries (None on the grey sets). ``train_size`` / ``val_size`` /
     ``test_size`` take seeded random subsets of the 48k / 12k / 10k sets for fast profiles;
-    ``palette`` chooses the class colours (:func:`colour_table`).
+    ``palette`` chooses the class colours (:func:`colour_table`). ``scale`` multiplies every colour
+    vector, the grey one included (the reference: 1): the amplitude of the colour code, which sets
+    how large the colour's contribution ``W_c·c`` to the logits is for a given weight.
     """
     mnist = load_mnist(root)
     table = colour_table(derive_seed(seed, "colours"), palette)
@@ -152,30 +152,35 @@ def build_colored_mnist(
     tr_x, tr_y = _images(mnist["train_x"][parts["train"]]), mnist["train_y"][parts["train"]]
     va_x, va_y = _images(mnist["train_x"][parts["val"]]), mnist["train_y"][parts["val"]]
     te_x = _images(te_x)
-    gray = lambda n: torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, colours=[1, 1]
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    gray = lambda n: scale * torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, colours=[1, 1]
     y_other = other_class(te_y, derive_seed(seed, "conflict_labels"))
     sets = {
         "train": _pair(
-            tr_x, tr_y, colour_vectors(tr_y, table, std, derive_seed(seed, "train")), tr_y.clone()
+            tr_x,
+            tr_y,
+            scale * colour_vectors(tr_y, table, std, derive_seed(seed, "train")),
+            tr_y.clone(),
         ),
         "val_colored": _pair(
             va_x,
             va_y,
-            colour_vectors(va_y, table, std, derive_seed(seed, "val_colored")),
+            scale * colour_vectors(va_y, table, std, derive_seed(seed, "val_colored")),
             va_y.clone(),
         ),
         "val_gray": _pair(va_x, va_y, gray(len(va_y)), None),
         "test_colored": _pair(
             te_x,
             te_y,
-            colour_vectors(te_y, table, std, derive_seed(seed, "test_colored")),
+            scale * colour_vectors(te_y, table, std, derive_seed(seed, "test_colored")),
             te_y.clone(),
         ),
         "test_gray": _pair(te_x, te_y, gray(len(te_y)), None),
         "test_conflicting": _pair(
             te_x,
             te_y,
-            colour_vectors(y_other, table, std, derive_seed(seed, "test_conflicting")),
+            scale * colour_vectors(y_other, table, std, derive_seed(seed, "test_conflicting")),
             y_other,
         ),
     }
