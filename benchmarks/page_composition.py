@@ -4,7 +4,8 @@ Opens each chapter of a built book (``_build/html``) in Debian's Chromium (Playw
 driver, no browser download) at a desktop width and measures, inside the article:
 
 - **prose**: everything outside code cells, plus Markdown that a cell displays (generated prose);
-- **code**: the input of every visible code cell;
+- **code**: the input of every visible code cell (folded inputs, e.g. ``hide-input``, are not
+  counted: a reader sees only their one-line toggle);
 - **printed**: plain-text outputs (prints, reprs);
 - **listings**: helper sources a cell shows (``show_source``);
 - **tables** and **figures**: HTML tables and images in cell outputs.
@@ -33,7 +34,9 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 MEASURE = """() => {
   const article = document.querySelector("article.bd-article") || document.querySelector("article");
   const h = (els) => els.reduce((s, e) => s + e.getBoundingClientRect().height, 0);
-  const q = (sel) => Array.from(article.querySelectorAll(sel));
+  // folded content (a closed <details>, e.g. a hide-input cell's source) is not on the page
+  const q = (sel) =>
+    Array.from(article.querySelectorAll(sel)).filter((e) => !e.closest("details:not([open])"));
   const total = article.getBoundingClientRect().height;
   const cells = h(q("div.cell"));
   const code = h(q("div.cell div.cell_input"));
