@@ -146,6 +146,7 @@ def test_injected_names_come_from_papermills_cell():
         "device": "cpu",
         "rhos": [0.1, 0.9],
         "train_size": 100,
+        "val_size": 500,
         "test_size": 100,
         "epochs": 4,
         "batch_size": 128,
