@@ -119,22 +119,22 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     args.out.parent.mkdir(exist_ok=True)
-    for palette in args.palettes:
-        for std, scale, seed in itertools.product(args.stds, args.scales, args.seeds):
-            if True:
-                row = one_run(palette, std, seed, args, scale)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                h = row["history"]
-                print(
-                    f"{palette:8s} std={std:<5} scale={scale:<4g} seed={seed}: "
-                    f"val col {h['val_colored_acc'][-1]:.3f}"
-                    f" grey {h['val_gray_acc'][-1]:.3f} | test col {h['test_colored_acc'][-1]:.3f}"
-                    f" conf {h['test_conflicting_acc'][-1]:.3f} | colour-only lin "
-                    f"{row['colour_only_linear_test_acc']:.3f} mlp "
-                    f"{row['colour_only_mlp_test_acc']:.3f} ({row['seconds']} s)",
-                    flush=True,
-                )
+    for palette, std, scale, seed in itertools.product(
+        args.palettes, args.stds, args.scales, args.seeds
+    ):
+        row = one_run(palette, std, seed, args, scale)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        h = row["history"]
+        print(
+            f"{palette:8s} std={std:<5} scale={scale:<4g} seed={seed}: "
+            f"val col {h['val_colored_acc'][-1]:.3f}"
+            f" grey {h['val_gray_acc'][-1]:.3f} | test col {h['test_colored_acc'][-1]:.3f}"
+            f" conf {h['test_conflicting_acc'][-1]:.3f} | colour-only lin "
+            f"{row['colour_only_linear_test_acc']:.3f} mlp "
+            f"{row['colour_only_mlp_test_acc']:.3f} ({row['seconds']} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
