@@ -162,6 +162,12 @@ def test_a_full_run_sits_beside_the_quick_copy(tmp_path, monkeypatch, capsys):
     full = json.loads((book / "results" / "full" / "01_record.json").read_text())
     assert full == {"profile": "full", "seeds": [1]}
     assert (book / "full" / "01_record.ipynb").is_file()
+    # papermill's metadata names the repository's files, not this machine's folders
+    paths = nbformat.read(book / "full" / "01_record.ipynb", as_version=4).metadata["papermill"]
+    assert (paths["input_path"], paths["output_path"]) == (
+        "notebooks/01_record.ipynb",
+        "book/full/01_record.ipynb",
+    )
     assert (book / "01_record.ipynb").read_bytes() == quick_nb  # untouched
     assert json.loads((book / "results" / "01_record.json").read_text())["profile"] == "quick"
     assert [(p, s) for _, p, s in runner.listing()] == [("quick", "current"), ("full", "current")]

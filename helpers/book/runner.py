@@ -118,8 +118,18 @@ def stored_hash(path: Path) -> str | None:
     return nbformat.read(path, as_version=4).metadata.get(META_KEY, {}).get("hash")
 
 
-def _finalise(nb_path: Path, digest: str, profile: str) -> None:
-    """Hide papermill's injected cell, record the source hash, drop per-run kernel noise."""
+def without_machine_paths(nb: nbformat.NotebookNode, src: Path, out: Path) -> None:
+    """Replace papermill's absolute input/output paths (this machine's folders, and the temporary
+    execution folder) by the repository-relative source and executed copy."""
+    meta = nb.metadata.get("papermill")
+    if meta is not None:
+        meta["input_path"] = src.relative_to(NOTEBOOKS.parent).as_posix()
+        meta["output_path"] = out.relative_to(BOOK.parent).as_posix()
+
+
+def _finalise(nb_path: Path, digest: str, profile: str, src: Path, out: Path) -> None:
+    """Hide papermill's injected cell, record the source hash, drop per-run kernel noise and the
+    machine's paths."""
     nb = nbformat.read(nb_path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
@@ -127,6 +137,7 @@ def _finalise(nb_path: Path, digest: str, profile: str) -> None:
             cell.metadata["tags"] = tags + ["remove-cell"]
     nb.metadata[META_KEY] = {"hash": digest, "profile": profile}
     nb.metadata.pop("widgets", None)
+    without_machine_paths(nb, src, out)
     nbformat.write(nb, nb_path)
 
 
@@ -225,7 +236,7 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
                 f"chapter {src.stem} ran but wrote no results record: its last cell must call "
                 "run.finish(metrics=..., seeds=...)"
             )
-        _finalise(tmp_nb, digest, profile)
+        _finalise(tmp_nb, digest, profile, src, out)
         out.parent.mkdir(parents=True, exist_ok=True)
         record_out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(record), record_out)
