@@ -74,6 +74,10 @@ def test_rows_read_the_measured_numbers(tmp_path):
     # the offline substitute is never scored as the reproduction, however close it is
     assert rows["CAML, Waterbirds worst group"]["status"] == "cannot be measured offline"
     assert rows["ReBias, unbiased test, ρ = 0.997"]["status"] == "not measured yet"
+    # a chapter without a full record says why: a GPU is needed, or the run is still to be made
+    assert "needs a GPU" in rows["ReBias, unbiased test, ρ = 0.997"]["why"]
+    caml = rows["CAML, Waterbirds worst group"]
+    assert caml["why"] == S.OFFLINE_WATERBIRDS
 
 
 def test_the_runner_rehashes_the_scorecard_when_a_record_changes(tmp_path, monkeypatch):

@@ -261,6 +261,23 @@ def verdict(h: Headline, quick: float | None, full: float | None, real_data: boo
     return "matches at quick scale" if close else "differs at quick scale"
 
 
+# Why a chapter has no full-profile record yet (read only while it has none).
+NO_FULL_RUN = {
+    "02_fisher_regularization": "its full profile needs a GPU (chapter 02 estimates the CPU time "
+    "from its own epochs)",
+    "03_background_pairing": "its full profile (the reference's SGD, up to 100 epochs for each of "
+    "nine networks on 40k images) has not been run yet",
+    "04_masktune": "its full profile (100 ERM epochs on 48k images for each of three seeds) has "
+    "not been run yet",
+    "05_rebias": "its full profile needs a GPU (chapter 05 estimates the CPU time from its timed "
+    "search runs)",
+}
+
+
+def _no_full_run(chapter: str) -> str:
+    return NO_FULL_RUN.get(chapter, "its full profile has not been run yet")
+
+
 def reason(h: Headline, status: str) -> str:
     """Why a number is not (yet) reproduced, in words; empty for a reproduced one."""
     if status == "cannot be measured offline":
@@ -268,11 +285,13 @@ def reason(h: Headline, status: str) -> str:
     if status == "not reproduced at full scale":
         return "full-scale run off by more than the tolerance; see the chapter's discussion"
     if status == "matches at quick scale":
-        return "quick setting only (a named deviation); the full profile has not been run"
+        return f"quick setting only (a named deviation); {_no_full_run(h.chapter)}"
     if status == "differs at quick scale":
-        return "quick setting (a named deviation from the paper's scale); full profile not run"
+        return (
+            f"quick setting (a named deviation from the paper's scale); {_no_full_run(h.chapter)}"
+        )
     if status == "not measured yet":
-        return "the quick profile does not train this cell; the full profile has not been run"
+        return f"the quick profile does not train this cell; {_no_full_run(h.chapter)}"
     return ""
 
 
