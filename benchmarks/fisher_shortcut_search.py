@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
 
 from helpers.data import colored_mnist as cm
 from helpers.methods import fisher as fi
@@ -34,19 +32,6 @@ from helpers.seed import seed_everything
 from helpers.train import fit, to_device
 
 OUT = Path(__file__).parent / "results" / "fisher_shortcut_search.jsonl"
-
-
-def colour_only(sets, hidden: int | None, seed: int) -> float:
-    """Coloured-test accuracy of a classifier that sees only the colour vector: multinomial
-    logistic regression (what W_c·c alone can do) or, with ``hidden``, a one-hidden-layer MLP."""
-    x, y = sets["train"].extras["colour"].numpy(), sets["train"].y.numpy()
-    if hidden is None:
-        clf = LogisticRegression(C=1e4, max_iter=5000)
-    else:
-        clf = MLPClassifier((hidden,), max_iter=3000, tol=1e-5, random_state=seed)
-    clf.fit(x, y)
-    te = sets["test_colored"]
-    return float(clf.score(te.extras["colour"].numpy(), te.y.numpy()))
 
 
 def git_commit() -> str:
@@ -95,8 +80,8 @@ def one_run(palette: str, std: float, seed: int, args, scale: float = 1.0) -> di
             "lr": args.lr,
         },
         "min_colour_distance": cm.min_colour_distance(data.table)[0],
-        "colour_only_linear_test_acc": colour_only(sets, None, seed),
-        "colour_only_mlp_test_acc": colour_only(sets, 64, seed),
+        "colour_only_linear_test_acc": cm.colour_only_accuracy(sets, None, seed),
+        "colour_only_mlp_test_acc": cm.colour_only_accuracy(sets, 64, seed),
         "history": {c: rows[c].round(4).tolist() for c in rows.columns if c.endswith("_acc")},
         "seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),

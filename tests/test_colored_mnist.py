@@ -113,3 +113,20 @@ def test_scale_multiplies_every_colour_vector_grey_included(mnist):
         assert torch.equal(big[name].x, base[name].x)
     with pytest.raises(ValueError, match="scale"):
         cm.build_colored_mnist(seed=0, scale=0.0, train_size=100)
+
+
+def test_a_bad_scale_is_refused_before_mnist_is_read(monkeypatch):
+    def no_mnist(root=None):
+        raise AssertionError("MNIST was read before the parameters were checked")
+
+    monkeypatch.setattr(cm, "load_mnist", no_mnist)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        cm.build_colored_mnist(seed=0, scale=-1.0)
+
+
+def test_the_colour_alone_names_the_class_when_the_colours_are_far_apart(small):
+    # reference colours with noise 0.1: a linear read-out of the colour alone beats chance
+    # (10 %) by far; the MLP is at least as good on the same colours
+    linear = cm.colour_only_accuracy(small.sets)
+    assert 0.5 < linear <= 1.0
+    assert cm.colour_only_accuracy(small.sets, hidden=16, seed=0) >= linear - 0.05

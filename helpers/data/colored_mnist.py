@@ -135,6 +135,8 @@ def build_colored_mnist(
     vector, the grey one included (the reference: 1): the amplitude of the colour code, which sets
     how large the colour's contribution ``W_c·c`` to the logits is for a given weight.
     """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
     mnist = load_mnist(root)
     table = colour_table(derive_seed(seed, "colours"), palette)
     perm = torch.randperm(len(mnist["train_y"]), generator=generator(seed, "split"))
@@ -152,39 +154,61 @@ def build_colored_mnist(
     tr_x, tr_y = _images(mnist["train_x"][parts["train"]]), mnist["train_y"][parts["train"]]
     va_x, va_y = _images(mnist["train_x"][parts["val"]]), mnist["train_y"][parts["val"]]
     te_x = _images(te_x)
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
     gray = lambda n: scale * torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, colours=[1, 1]
     y_other = other_class(te_y, derive_seed(seed, "conflict_labels"))
+
+    def colours(labels: torch.Tensor, name: str) -> torch.Tensor:
+        return scale * colour_vectors(labels, table, std, derive_seed(seed, name))
+
     sets = {
         "train": _pair(
             tr_x,
             tr_y,
-            scale * colour_vectors(tr_y, table, std, derive_seed(seed, "train")),
+            colours(tr_y, "train"),
             tr_y.clone(),
         ),
         "val_colored": _pair(
             va_x,
             va_y,
-            scale * colour_vectors(va_y, table, std, derive_seed(seed, "val_colored")),
+            colours(va_y, "val_colored"),
             va_y.clone(),
         ),
         "val_gray": _pair(va_x, va_y, gray(len(va_y)), None),
         "test_colored": _pair(
             te_x,
             te_y,
-            scale * colour_vectors(te_y, table, std, derive_seed(seed, "test_colored")),
+            colours(te_y, "test_colored"),
             te_y.clone(),
         ),
         "test_gray": _pair(te_x, te_y, gray(len(te_y)), None),
         "test_conflicting": _pair(
             te_x,
             te_y,
-            scale * colour_vectors(y_other, table, std, derive_seed(seed, "test_conflicting")),
+            colours(y_other, "test_conflicting"),
             y_other,
         ),
     }
     return ColoredMNIST(sets, table)
+
+
+def colour_only_accuracy(
+    sets: dict[str, TensorData], hidden: int | None = None, seed: int = 0
+) -> float:
+    """Coloured-test accuracy of a classifier that sees only the colour vector: a multinomial
+    logistic regression (what a linear read-out ``W_c·c`` alone can do) or, with ``hidden``, a
+    one-hidden-layer MLP. How much of the label the colour code carries, whatever a model makes
+    of it."""
+    # scikit-learn only here: building the data sets does not need it
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    if hidden is None:
+        clf = LogisticRegression(C=1e4, max_iter=5000)
+    else:
+        clf = MLPClassifier((hidden,), max_iter=3000, tol=1e-5, random_state=seed)
+    train, test = sets["train"], sets["test_colored"]
+    clf.fit(train.extras["colour"].cpu().numpy(), train.y.cpu().numpy())
+    return float(clf.score(test.extras["colour"].cpu().numpy(), test.y.cpu().numpy()))
 
 
 def coloured_digits(data: TensorData) -> torch.Tensor:
@@ -213,6 +237,7 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
 __all__ = [
     "ColoredMNIST",
     "build_colored_mnist",
+    "colour_only_accuracy",
     "colour_table",
     "PALETTES",
     "colour_vectors",
