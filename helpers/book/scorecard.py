@@ -261,14 +261,11 @@ def verdict(h: Headline, quick: float | None, full: float | None, real_data: boo
     return "matches at quick scale" if close else "differs at quick scale"
 
 
-# Why a chapter has no full-profile record yet (read only while it has none).
+# Why a chapter has no full-profile record yet, where the reason is not just that nobody ran it
+# (read only while it has none; the sizes of each profile live in notebooks/profiles/).
 NO_FULL_RUN = {
     "02_fisher_regularization": "its full profile needs a GPU (chapter 02 estimates the CPU time "
     "from its own epochs)",
-    "03_background_pairing": "its full profile (the reference's SGD, up to 100 epochs for each of "
-    "nine networks on 40k images) has not been run yet",
-    "04_masktune": "its full profile (100 ERM epochs on 48k images for each of three seeds) has "
-    "not been run yet",
     "05_rebias": "its full profile needs a GPU (chapter 05 estimates the CPU time from its timed "
     "search runs)",
 }
