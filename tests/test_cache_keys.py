@@ -61,6 +61,38 @@ def test_a_bug_fix_in_an_imported_helper_changes_the_code_hash(tmp_path, monkeyp
     assert closure.code_hash(src) != before
 
 
+def test_a_table_fix_re_executes_the_chapter_but_keeps_its_networks(tmp_path, monkeypatch):
+    package = tmp_path / "helpers"
+    shutil.copytree(closure.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(closure, "PACKAGE", package)
+    monkeypatch.setattr(closure, "REPO_ROOT", tmp_path)
+    src = runner.NOTEBOOKS / "05_rebias.ipynb"
+    page, networks = closure.code_hash(src), closure.training_code_hash(src)
+    tables = package / "book" / "tables.py"
+    tables.write_text(tables.read_text() + "\n# one more decimal\n")
+    assert closure.code_hash(src) != page
+    assert closure.training_code_hash(src) == networks
+
+
+def test_no_module_that_trains_imports_a_display_only_module():
+    """What makes leaving the display-only modules out of the checkpoint keys safe: no module a
+    chapter runs imports one, except the display-only modules themselves and the chapter life
+    cycle, which sets the plot style."""
+    root = closure.REPO_ROOT
+    assert all((root / name).is_file() for name in closure.DISPLAY_ONLY)
+    allowed = {("helpers/book/chapter.py", "helpers/plots.py")}  # use_book_style() only
+    chapters = sorted(runner.NOTEBOOKS.glob("0*.ipynb"))
+    imported = {m for src in chapters for m in closure.helper_modules(closure.notebook_code(src))}
+    for module in sorted(imported):
+        name = module.relative_to(root).as_posix()
+        if name in closure.DISPLAY_ONLY:
+            continue
+        for dotted in closure._imports(module.read_text()):
+            target = closure._module_file(dotted)
+            if target is not None and closure.is_display_only(target):
+                assert (name, target.relative_to(root).as_posix()) in allowed, (name, dotted)
+
+
 def test_feature_folder_identity_is_its_content_not_its_path(tmp_path):
     folder = make_tiny_feature_folder(tmp_path / "feats", seed=0)
     digest = content_digest(folder)

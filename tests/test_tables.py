@@ -29,3 +29,22 @@ def test_unknown_column_and_missing_caption_are_errors():
         book_table(df, "c", percent=["b"])
     with pytest.raises(ValueError, match="caption"):
         book_table(df, "")
+
+
+def test_float_labels_and_numbers_inside_text_columns():
+    df = pd.DataFrame(
+        {"acc": [0.5, 0.25], "set-up": ["official", 25.0]},
+        index=pd.MultiIndex.from_tuples([("top_k", 0.1), ("official", 2.0)], names=["rule", "p"]),
+    )
+    html = book_table(df.rename(columns={0.5: "x"}), "c", percent=["acc"]).to_html()
+    assert ">0.1<" in html and ">2<" in html and "0.100000" not in html  # index level
+    assert ">25<" in html and "25.000000" not in html  # a float in a text column
+    assert ">official<" in html
+    wide = pd.DataFrame([[1.0, 2.0]], columns=pd.Index([0.99, 0.997], name="ρ"))
+    html = book_table(wide, "c").to_html()
+    assert ">0.99<" in html and ">0.997<" in html and "0.990000" not in html  # column labels
+
+
+def test_tiny_values_keep_their_significant_digits():
+    html = book_table(pd.DataFrame({"F": [8.496512e-12, 2.318]}), "c", digits=7).to_html()
+    assert "8.496512e-12" in html and "2.318" in html

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from helpers.book.closure import code_hash
+from helpers.book.closure import training_code_hash
 from helpers.book.params import parameters_from_namespace, swept
 from helpers.cache import REPO_ROOT, atomic_write_text, cache_root
 from helpers.device import describe, deterministic_cublas, pick_device
@@ -76,7 +76,7 @@ class ChapterRun:
     chapter: str
     params: dict
     device: torch.device
-    code: str = ""  # hash of the helpers modules the chapter imports (closure.code_hash)
+    code: str = ""  # hash of the training code the chapter imports (closure.training_code_hash)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -147,5 +147,5 @@ def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
     use_book_style()
     print(f"{chapter}: profile={params.get('profile', 'custom')}, device={describe(device)}")
     source = REPO_ROOT / "notebooks" / f"{chapter}.ipynb"
-    code = code_hash(source) if source.is_file() else ""
+    code = training_code_hash(source) if source.is_file() else ""
     return ChapterRun(chapter, params, device, code)

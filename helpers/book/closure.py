@@ -1,8 +1,9 @@
 """Which ``helpers`` modules a chapter runs: its imports followed transitively through the package.
 
-The runner hashes these files to decide whether an executed chapter is current, and the checkpoint
-keys include the same hash (:func:`code_hash`), so a change to the code that trains retrains instead
-of reusing old weights.
+The runner hashes these files to decide whether an executed chapter is current (:func:`code_hash`).
+The checkpoint keys include the hash of the same files less the display-only ones
+(:func:`training_code_hash`), so a change to the code that trains retrains instead of reusing old
+weights, while a change to a table or figure re-executes the chapter from its cached networks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ import nbformat
 from helpers.cache import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "helpers"
+
+# Modules that only show results (figures, tables, source listings, where records live). No module
+# that trains imports them (tests/test_cache_keys.py checks it), so they cannot change a network.
+DISPLAY_ONLY = frozenset(
+    {
+        "helpers/plots.py",
+        "helpers/book/display.py",
+        "helpers/book/layout.py",
+        "helpers/book/scorecard.py",
+        "helpers/book/tables.py",
+    }
+)
 
 
 def _module_file(dotted: str) -> Path | None:
@@ -74,10 +87,23 @@ def notebook_code(src: Path) -> str:
     return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
 
 
-def code_hash(src: Path) -> str:
-    """SHA-256 over the paths and contents of the helpers modules that notebook ``src`` imports."""
+def is_display_only(path: Path) -> bool:
+    return path.relative_to(REPO_ROOT).as_posix() in DISPLAY_ONLY
+
+
+def code_hash(src: Path, *, training_only: bool = False) -> str:
+    """SHA-256 over the paths and contents of the helpers modules that notebook ``src`` imports
+    (``training_only``: less the display-only modules)."""
     h = hashlib.sha256()
     for path in helper_modules(notebook_code(src)):
+        if training_only and is_display_only(path):
+            continue
         h.update(path.relative_to(REPO_ROOT).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def training_code_hash(src: Path) -> str:
+    """The hash that enters notebook ``src``'s checkpoint keys: its helpers modules less the
+    display-only ones."""
+    return code_hash(src, training_only=True)

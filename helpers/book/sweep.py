@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.book.chapter import ChapterRun
-from helpers.book.closure import code_hash
+from helpers.book.closure import training_code_hash
 from helpers.book.params import ParameterError, profile_values, validate
 from helpers.cache import ENV_VAR, REPO_ROOT, cache_root, config_key, shown_path
 from helpers.device import pick_device
@@ -75,7 +75,7 @@ def chapter_run(chapter: str, profile: str, device: str | None = None) -> Chapte
     if device is not None:
         values["device"] = device
     params = validate(chapter, values)
-    return ChapterRun(chapter, params, _device(params["device"]), code_hash(src))
+    return ChapterRun(chapter, params, _device(params["device"]), training_code_hash(src))
 
 
 def _device(name: str) -> torch.device:
