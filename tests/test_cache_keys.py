@@ -3,6 +3,7 @@
 import shutil
 
 import numpy as np
+import pytest
 import torch
 
 from helpers.book import closure, runner
@@ -49,27 +50,32 @@ def test_the_code_hash_enters_the_key():
     assert _key(code="c1", **cell) != _key(code="c0", **cell)
 
 
-def test_a_bug_fix_in_an_imported_helper_changes_the_code_hash(tmp_path, monkeypatch):
-    package = tmp_path / "helpers"
-    shutil.copytree(closure.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(closure, "PACKAGE", package)
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A copy of the helpers package that the closure hashes instead of the real one."""
+    copy = tmp_path / "helpers"
+    shutil.copytree(closure.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(closure, "PACKAGE", copy)
     monkeypatch.setattr(closure, "REPO_ROOT", tmp_path)
-    src = runner.NOTEBOOKS / "05_rebias.ipynb"
-    before = closure.code_hash(src)
-    train = package / "train.py"
-    train.write_text(train.read_text() + "\n# a bug fix in the loop\n")
-    assert closure.code_hash(src) != before
+    return copy
 
 
-def test_a_table_fix_re_executes_the_chapter_but_keeps_its_networks(tmp_path, monkeypatch):
-    package = tmp_path / "helpers"
-    shutil.copytree(closure.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(closure, "PACKAGE", package)
-    monkeypatch.setattr(closure, "REPO_ROOT", tmp_path)
+def _edit(path, comment):
+    path.write_text(path.read_text() + f"\n# {comment}\n")
+
+
+def test_a_bug_fix_in_an_imported_helper_changes_the_code_hash(package):
     src = runner.NOTEBOOKS / "05_rebias.ipynb"
     page, networks = closure.code_hash(src), closure.training_code_hash(src)
-    tables = package / "book" / "tables.py"
-    tables.write_text(tables.read_text() + "\n# one more decimal\n")
+    _edit(package / "train.py", "a bug fix in the loop")
+    assert closure.code_hash(src) != page
+    assert closure.training_code_hash(src) != networks
+
+
+def test_a_table_fix_re_executes_the_chapter_but_keeps_its_networks(package):
+    src = runner.NOTEBOOKS / "05_rebias.ipynb"
+    page, networks = closure.code_hash(src), closure.training_code_hash(src)
+    _edit(package / "book" / "tables.py", "one more decimal")
     assert closure.code_hash(src) != page
     assert closure.training_code_hash(src) == networks
 
