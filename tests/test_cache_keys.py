@@ -1,5 +1,6 @@
 """Cached results are reused only when everything they depend on is the same (issue 12, item 1)."""
 
+import ast
 import shutil
 
 import numpy as np
@@ -110,3 +111,32 @@ def test_feature_folder_identity_is_its_content_not_its_path(tmp_path):
     assert content_digest(folder) != digest
     np.save(feats, arr)
     assert content_digest(folder) == digest
+
+
+def _cache_config_calls(src):
+    code = "\n".join(
+        line  # IPython magics and shell lines are not Python
+        for line in closure.notebook_code(src).splitlines()
+        if not line.lstrip().startswith(("%", "!"))
+    )
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "cache_config":
+            yield node
+
+
+def test_a_network_seed_other_than_the_data_seed_names_the_data():
+    """A cell that keys a network by its own seed replaces the chapter's ``seed``, which also drew
+    the data: the key must then name the data too (``data_seed`` or the feature folder's
+    content), or a run with another ``seed`` loads networks fitted to other data (chapter 04's
+    seeds 1 and 2 once did)."""
+    checked = 0
+    for src in sorted(runner.NOTEBOOKS.glob("0*.ipynb")):
+        for call in _cache_config_calls(src):
+            kw = {k.arg: k.value for k in call.keywords}
+            own_seed = "seed" in kw and not (
+                isinstance(kw["seed"], ast.Name) and kw["seed"].id == "seed"
+            )
+            if own_seed:
+                checked += 1
+                assert {"data_seed", "feature_folder"} & set(kw), (src.name, ast.unparse(call))
+    assert checked >= 3  # chapter 04's ERM and fine-tunes, chapter 06's heads
