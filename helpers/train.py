@@ -185,10 +185,9 @@ def fit(
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     schedulers, callbacks = list(schedulers), list(callbacks)
     device = train.device
-    # conv weights in the channels_last layout of the images (see to_device)
-    if device.type == "cuda":
-        for m in modules:
-            prepare_model(m, device)
+    # each network in its layout on this device (channels_last on CUDA; see memory_format)
+    for m in modules:
+        prepare_model(m, device)
     gen = generator(seed, "batch order")  # its own stream: not the one that initialised the model
     history = History()
     n = len(train)

@@ -202,3 +202,88 @@ def test_chapter_schema_names_bad_parameters():
         validate(chapter, {"noise": "uniform"}, partial=True)
     for profile in ("smoke", "quick", "full"):
         profile_values(chapter, profile)
+
+
+# ------------------------------------------- the k-NN scale from the unique rows (the faster step)
+def _expanded_scale(t: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The reference's definition on the expanded batch, with exact distances (float64, no
+    matrix-product form, so the zero distances between copies are exactly zero)."""
+    u = fi.repeat_rows(t.double(), n)
+    d = torch.cdist(u, u, compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(float("inf"))
+    return d.topk(k, dim=1, largest=False).values.mean(dim=1)
+
+
+@pytest.mark.parametrize(
+    ("b", "n", "k", "d"),
+    [
+        (128, 10, 219, 784),  # the reference's setting
+        (16, 10, 3, 784),  # k < n − 1: only copies of the row's own sample
+        (16, 10, 9, 3),  # k = n − 1
+        (16, 10, 10, 3),  # one other sample, once
+        (16, 10, 25, 3),  # q = 1 full sample, r = 6 copies of the next
+        (16, 10, 159, 3),  # k = B·n − 1: every other row
+        (9, 3, 26, 5),  # k = B·n − 1 with small n
+        (2, 1, 1, 7),  # n = 1: no copies at all
+    ],
+)
+def test_knn_scale_of_copies_equals_the_expanded_batch(b, n, k, d):
+    g = torch.Generator().manual_seed(b * 1000 + k)
+    t = torch.rand(b, d, generator=g, dtype=torch.float64)
+    if b > 3:
+        t[2] = t[3]  # two identical samples: their distance 0 sorts among the copies' zeros
+    fast = fi.knn_scale_of_copies(t, n, k)
+    exact = _expanded_scale(t, n, k)
+    assert fast.shape == (b * n,)
+    assert (fast - exact).abs().max().item() <= 1e-12 * max(1.0, exact.abs().max().item())
+
+
+def test_knn_scale_of_copies_refuses_k_beyond_the_expanded_batch():
+    with pytest.raises(ValueError, match="knn_value=30 exceeds the 29 other rows"):
+        fi.knn_scale_of_copies(torch.rand(3, 4), 10, 30)
+
+
+def test_float32_scale_is_closer_to_exact_than_the_expanded_float32_product():
+    """The old expanded float32 computation turned the copies' zero distances into rounding
+    noise (cdist's matrix-product form); the unique-row scale is exact up to float32 rounding."""
+    t = torch.rand(32, 784, generator=torch.Generator().manual_seed(0))
+    exact = _expanded_scale(t, 10, 219)
+    fast_err = (fi.knn_scale_of_copies(t, 10, 219).double() - exact).abs().max().item()
+    assert fast_err <= 1e-6 * exact.max().item()
+
+
+@pytest.mark.parametrize("influence", ["reference", "paper"])
+def test_regularised_loss_and_gradients_equal_the_expanded_computation(monkeypatch, influence):
+    """Scale, loss and every parameter gradient of the regularised loss computed with the
+    unique-row scale equal those with the expanded-batch scale (float64 model and data, same noise
+    draws): the largest relative difference is below 1e-10."""
+    torch.manual_seed(0)
+    model = FusionLeNet().double()
+    x = torch.rand(24, 1, 28, 28, dtype=torch.float64)
+    c = torch.rand(24, 3, dtype=torch.float64)
+    y = torch.randint(0, 10, (24,))
+    cfg = fi.FisherConfig(n_samples=10, knn_value=219, influence=influence, lambda_image=1e-3)
+
+    def run():
+        torch.manual_seed(7)  # the same noise draws in both computations
+        model.zero_grad(set_to_none=True)
+        loss, _, terms = fi.regularized_loss(model, x, c, y, cfg)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return loss.detach(), terms["fisher_image"].detach(), grads
+
+    # perturb builds its rows in float32 (as the training data are); keep float64 here
+    def perturb64(t, cfg, scale_fn):
+        u = fi.repeat_rows(t.detach(), cfg.n_samples)
+        scale = scale_fn(t.detach(), cfg.n_samples, cfg.knn_value)[:, None]
+        noisy = u + torch.randn_like(u) * scale
+        return noisy.reshape(len(u), *t.shape[1:]).requires_grad_()
+
+    monkeypatch.setattr(fi, "perturb", lambda t, cfg: perturb64(t, cfg, fi.knn_scale_of_copies))
+    fast = run()
+    monkeypatch.setattr(fi, "perturb", lambda t, cfg: perturb64(t, cfg, _expanded_scale))
+    exact = run()
+    for a, b in zip(fast, exact):
+        assert torch.isfinite(a).all()
+        rel = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+        assert rel < 1e-10, rel

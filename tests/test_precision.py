@@ -457,3 +457,25 @@ def test_cuda_steps_do_not_sync_with_the_host(method):
         return _cuda_syncs(train)
 
     assert run(32 * 8) == run(32 * 2)
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_cpu_layout_is_channels_last_only_for_opted_in_networks_on_avx512(monkeypatch, avx512):
+    """The CPU layout follows the instruction set (never a run-time timing) and the network's
+    opt-in: FusionLeNet (chapter 02's Fisher step) trains in channels_last on AVX-512 only."""
+    from helpers import device as D
+    from helpers.models import FusionLeNet, LeNet
+    from helpers.train import fit, supervised_step
+
+    monkeypatch.setattr(D, "cpu_has_avx512", lambda: avx512)
+    cpu = torch.device("cpu")
+    want = torch.channels_last if avx512 else torch.contiguous_format
+    assert D.memory_format(cpu, FusionLeNet()) == want
+    assert D.memory_format(cpu, LeNet()) == torch.contiguous_format
+    assert D.memory_format(cpu) == torch.contiguous_format
+    model = FusionLeNet()
+    data = TensorData(torch.rand(8, 1, 28, 28), torch.arange(8) % 10)
+    step = lambda b: supervised_step(lambda x: model(x, torch.zeros(len(x), 3)), opt)(b)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(data, step, epochs=1, batch_size=4, modules=model, seed=0, progress=False)
+    assert model.image[3].weight.is_contiguous(memory_format=want)  # conv2: 6 input channels

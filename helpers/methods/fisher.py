@@ -109,7 +109,8 @@ def repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
 
 def knn_scale(u: torch.Tensor, k: int) -> torch.Tensor:
     """σ_r = mean of the k smallest distances from row r to the *other* rows of ``u`` (N, d): shape
-    (N,)."""
+    (N,). The reference's definition on the expanded batch; :func:`knn_scale_of_copies` computes
+    the same from the unique rows."""
     if k > len(u) - 1:
         raise ValueError(f"knn_value={k} exceeds the {len(u) - 1} other rows of the expanded batch")
     d = torch.cdist(u, u)
@@ -117,13 +118,40 @@ def knn_scale(u: torch.Tensor, k: int) -> torch.Tensor:
     return d.topk(k, dim=1, largest=False).values.mean(dim=1)
 
 
+def knn_scale_of_copies(t: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """:func:`knn_scale` of ``repeat_rows(t, n)``, computed from the B unique rows of ``t``: shape
+    (B·n,).
+
+    Row b·n+s of the expanded batch is copy s of sample b, so its nearest rows are the n − 1 other
+    copies of b (distance 0), then every other sample b' at distance D[b, b'], each n times. The sum
+    of its k smallest distances is therefore n·(d₁ + … + d_q) + r·d_{q+1} with q, r = divmod(k −
+    n + 1, n) and d₁ ≤ d₂ ≤ … the sorted row b of D without the diagonal: a (B, B) distance matrix
+    instead of a (B·n, B·n) one. The distances are exact differences in float64 (the expanded
+    matrix-product form turns the zero distances between copies into rounding noise).
+    """
+    t = t.reshape(len(t), -1)
+    b = len(t)
+    if k > b * n - 1:
+        raise ValueError(f"knn_value={k} exceeds the {b * n - 1} other rows of the expanded batch")
+    q, r = divmod(max(k - (n - 1), 0), n)
+    take = q + (r > 0)  # ≤ B − 1 because k ≤ B·n − 1
+    if take == 0:  # the k nearest rows are all copies of the row's own sample
+        return t.new_zeros(b * n)
+    t64 = t.detach().double()
+    d = torch.cdist(t64, t64, compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(float("inf"))
+    nearest = d.topk(take, dim=1, largest=False).values  # ascending
+    weights = torch.full((take,), float(n), dtype=torch.float64, device=t.device)
+    if r:
+        weights[-1] = r
+    return (nearest @ weights / k).to(t.dtype).repeat_interleave(n)
+
+
 def perturb(t: torch.Tensor, cfg: FisherConfig) -> torch.Tensor:
     """n noisy copies of every sample of ``t`` (B, ...) → (B·n, ...), marked ``requires_grad``."""
     u = repeat_rows(t.detach().float(), cfg.n_samples)
-    if cfg.noise == "knn":
-        scale = knn_scale(u, cfg.knn_value).unsqueeze(
-            1
-        )  # one scalar per row, used for every coordinate
+    if cfg.noise == "knn":  # one scalar per row, used for every coordinate
+        scale = knn_scale_of_copies(t.detach().float(), cfg.n_samples, cfg.knn_value)[:, None]
     else:
         scale = u.std(dim=0, keepdim=True)  # Gat et al.: per-feature std over the batch
     noisy = u + torch.randn_like(u) * scale
@@ -322,6 +350,7 @@ __all__ = [
     "FisherConfigError",
     "repeat_rows",
     "knn_scale",
+    "knn_scale_of_copies",
     "perturb",
     "influence_loss",
     "functional_fisher",
