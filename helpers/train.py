@@ -11,12 +11,14 @@ LR schedules) is shared.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from helpers.cache import atomic_write_bytes, shown_path
 from helpers.device import autocast, full_precision, memory_format, prepare_model
 from helpers.metrics import accuracy
 from helpers.models import eval_mode
@@ -137,6 +140,62 @@ def weighted(weights: torch.Tensor) -> EpochSampler:
     return sample
 
 
+# ------------------------------------------------------------------------------------------- resume
+class EpochCheckpoint:
+    """Lets a cut-off :func:`fit` continue where it stopped, with an uninterrupted run's result.
+
+    After every epoch that does not end training, ``fit`` writes (atomically) the epoch, the
+    history, the batch-order generator, the global random state and ``state_dict()`` of every
+    object in ``objects`` (networks, optimisers, schedulers, :class:`KeepBest`, …) to ``path``;
+    a later ``fit`` given an ``EpochCheckpoint`` on the same path restores them and trains the
+    remaining epochs. Name the path after the run's cache key (as
+    :func:`helpers.cache.cached_run`'s checkpoint), so a state is only resumed by the same code,
+    parameters and data; delete it with :meth:`discard` once the finished run is saved. A file
+    that cannot be read is reported and training starts over.
+    """
+
+    def __init__(self, path: str | os.PathLike, objects: Mapping[str, Any]):
+        self.path, self.objects = Path(path), dict(objects)
+
+    def save(self, epoch: int, history: History, gen: torch.Generator) -> None:
+        state = {
+            "epoch": epoch,
+            "history": history.to_state(),
+            "batch_order": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "objects": {k: o.state_dict() for k, o in self.objects.items()},
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+    def restore(self, history: History, gen: torch.Generator) -> int:
+        """Load the saved state into the objects, ``history`` and ``gen``; return the last finished
+        epoch (0 when there is nothing to resume)."""
+        if not self.path.is_file():
+            return 0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if set(state["objects"]) != set(self.objects):
+                raise ValueError(f"it holds {sorted(state['objects'])}")
+            for k, o in self.objects.items():
+                o.load_state_dict(state["objects"][k])
+        except Exception as err:  # noqa: BLE001 - any unreadable state: train from the start
+            print(f"cannot resume from {shown_path(self.path)} ({err}); training from epoch 1")
+            return 0
+        history.rows[:] = [dict(r) for r in state["history"]["rows"]]
+        gen.set_state(state["batch_order"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        print(f"resuming after epoch {state['epoch']} from {shown_path(self.path)}")
+        return int(state["epoch"])
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------- loop
 def progress_enabled() -> bool:
     """Progress bars are on unless ``TQDM_DISABLE`` is set (the book runner sets it: a static page
@@ -161,6 +220,7 @@ def fit(
     min_batch: int = 1,
     progress: bool | None = None,
     desc: str = "train",
+    resume: EpochCheckpoint | None = None,
 ) -> History:
     """Train for ``epochs`` epochs over ``train`` (already on the training device).
 
@@ -172,7 +232,8 @@ def fit(
     drops any incomplete one. Scalars returned by ``step`` are averaged over the epoch (weighted by
     batch size); ``evaluate()`` runs after each epoch with the modules in eval mode; ``schedulers``
     step once per epoch; a callback returning True stops training. ``progress=None`` follows
-    :func:`progress_enabled`.
+    :func:`progress_enabled`. ``resume`` (an :class:`EpochCheckpoint`) saves the state after every
+    epoch and continues a cut-off run from it.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -201,7 +262,15 @@ def fit(
             f"drop_last={drop_last}"
         )
 
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    done = resume.restore(history, gen) if resume is not None else 0
+    bar = tqdm(
+        range(done + 1, epochs + 1),
+        desc=desc,
+        unit="epoch",
+        initial=done,
+        total=epochs,
+        disable=not progress,
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         for m in modules:
@@ -243,6 +312,8 @@ def fit(
         if any(cb.on_epoch_end(epoch, row, history) for cb in callbacks):
             history.stopped_early = epoch < epochs
             break
+        if resume is not None and epoch < epochs:
+            resume.save(epoch, history, gen)
     for m in modules:
         m.eval()
     return history
@@ -320,6 +391,12 @@ class EarlyStopping:
             self.bad_epochs += 1
         return self.bad_epochs >= self.patience
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
 
 class KeepBest:
     """Remember the modules' weights at the epoch with the best ``monitor`` value; ``restore()``
@@ -337,6 +414,17 @@ class KeepBest:
             self.states = [
                 {k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules
             ]
+
+    def state_dict(self) -> dict:
+        """What :class:`EpochCheckpoint` saves: the best value, its epoch and weights."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "states": self.states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_epoch, self.states = (
+            state["best"],
+            state["best_epoch"],
+            state["states"],
+        )
 
     def restore(self) -> int:
         """Load the best weights back; return the selected epoch."""

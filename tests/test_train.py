@@ -1,3 +1,5 @@
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -5,7 +7,15 @@ from torch import nn
 from helpers.cache import cached_run, checkpoint_path
 from helpers.seed import seed_everything
 from helpers.tensordata import TensorData
-from helpers.train import EarlyStopping, KeepBest, class_balanced, fit, predict, supervised_step
+from helpers.train import (
+    EarlyStopping,
+    EpochCheckpoint,
+    KeepBest,
+    class_balanced,
+    fit,
+    predict,
+    supervised_step,
+)
 
 
 def _toy(n=512, seed=0):
@@ -160,3 +170,69 @@ def test_retrain_switch_ignores_the_cache(tmp_path, monkeypatch):
         "toy", {"x": 1}, {"m": model}, lambda: calls.append(1) or {}, root=tmp_path
     )["from_cache"]
     assert len(calls) == 2
+
+
+class _CutOff(Exception):
+    pass
+
+
+def _resumable_run(path, epochs, cut_after=None):
+    """Adam + a step LR schedule + KeepBest + EarlyStopping + dropout (global random stream), so
+    every kind of state an epoch leaves behind must be restored for the runs to agree."""
+    data = _toy()
+    seed_everything(3)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    keep = KeepBest(model, "acc_eval")
+    stop = EarlyStopping("acc_eval", patience=100)
+
+    class Cut:
+        def on_epoch_end(self, epoch, row, history):
+            if cut_after is not None and epoch == cut_after + 1:
+                raise _CutOff  # killed during epoch cut_after + 1: its state is never saved
+
+    resume = EpochCheckpoint(
+        path, {"model": model, "opt": opt, "sched": sched, "keep": keep, "stop": stop}
+    )
+    h = fit(
+        data,
+        supervised_step(model, opt),
+        epochs=epochs,
+        batch_size=32,
+        modules=model,
+        seed=3,
+        progress=False,
+        schedulers=[sched],
+        callbacks=[keep, stop, Cut()],
+        evaluate=lambda: {
+            "acc_eval": float((predict(model, data).argmax(1) == data.y).float().mean())
+        },
+        resume=resume,
+    )
+    return model, h, keep.restore()
+
+
+def test_a_cut_off_fit_resumes_to_the_uninterrupted_result(tmp_path):
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h.rows]
+    whole, h_whole, best_whole = _resumable_run(tmp_path / "a.pt", epochs=6)
+    with contextlib.suppress(_CutOff):
+        _resumable_run(tmp_path / "b.pt", epochs=6, cut_after=3)
+    assert (tmp_path / "b.pt").is_file()
+    resumed, h_resumed, best_resumed = _resumable_run(tmp_path / "b.pt", epochs=6)
+    assert strip(h_resumed) == strip(h_whole)
+    assert best_resumed == best_whole
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(whole.state_dict().values(), resumed.state_dict().values())
+    )
+
+
+def test_an_unreadable_resume_state_trains_from_the_start(tmp_path, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    whole, h_whole, _ = _resumable_run(tmp_path / "a.pt", epochs=3)
+    again, h_again, _ = _resumable_run(tmp_path / "bad.pt", epochs=3)
+    assert "cannot resume from" in capsys.readouterr().out
+    assert [r["loss"] for r in h_again.rows] == [r["loss"] for r in h_whole.rows]
