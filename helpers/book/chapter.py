@@ -34,6 +34,7 @@ from helpers.book.closure import training_code_hash
 from helpers.book.params import parameters_from_namespace, swept
 from helpers.cache import REPO_ROOT, atomic_write_text, cache_root
 from helpers.device import describe, deterministic_cublas, pick_device
+from helpers.hardware import cpu_model
 from helpers.plots import use_book_style
 
 RESULTS_ENV = "SHORTCUT_BOOK_RESULTS"
@@ -83,6 +84,12 @@ class ChapterRun:
     def profile(self) -> str:
         return self.params.get("profile", "custom")
 
+    @property
+    def cpu(self) -> str:
+        """The processor's model name (the same epoch takes up to 3× longer on some 2-core CPUs
+        than on others, and float rounding can differ between CPU kinds)."""
+        return cpu_model()
+
     def cache_config(self, **cell: Any) -> dict:
         """The key of one cached training cell: every validated parameter except the grid axes
         (``sweep: true`` in the schema) and the plot-only ``profile``/``device`` names, the cell's
@@ -110,6 +117,7 @@ class ChapterRun:
             "chapter": self.chapter,
             "profile": self.profile,
             "device": describe(self.device),
+            "cpu": self.cpu,
             "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else [seeds],
             "wall_time_s": round(time.perf_counter() - self.started, 1),
             "git_commit": git_commit(),
@@ -128,6 +136,7 @@ class ChapterRun:
         for key, value in [
             ("profile", record["profile"]),
             ("device", record["device"]),
+            ("cpu", record["cpu"]),
             ("seeds", record["seeds"]),
             ("wall time", f"{record['wall_time_s']:.1f} s"),
             ("git commit", record["git_commit"]),

@@ -41,9 +41,11 @@ from helpers.book.params import ParameterError, profile_values, validate
 from helpers.cache import ENV_VAR, REPO_ROOT, cache_root, config_key, shown_path
 from helpers.device import pick_device
 
+# chapter → module with stages/is_done/run_cell
 GRIDS = {
-    "05_rebias": "helpers.methods.rebias_grid"
-}  # chapter → module with stages/is_done/run_cell
+    "02_fisher_regularization": "helpers.methods.fisher_grid",
+    "05_rebias": "helpers.methods.rebias_grid",
+}
 EXECUTORS = ("local", "slurm", "ray")
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
