@@ -2,6 +2,7 @@
 the right numbers, and the runner re-executes the scorecard when a record changes."""
 
 import json
+import re
 
 import pytest
 
@@ -57,27 +58,172 @@ def test_a_record_in_the_wrong_profile_folder_is_named(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_rows_read_the_measured_numbers(tmp_path):
-    sweep = {"top_k": {"0.1": {"raw_acc": 0.97, "biased_acc": 0.80}}}
-    write(tmp_path, record("04_masktune", erm_biased_acc=0.20, sweep=sweep))
-    write(tmp_path / "full", record("04_masktune", "full", erm_biased_acc=0.19, sweep=sweep))
-    write(tmp_path, record("06_caml", table={"CAML": {"worst": 0.8, "mean_of_groups": 0.85}}))
+def test_rows_read_the_means_over_seeds(tmp_path):
+    by_seed = {"top_k 0.1": {"raw_acc_mean": 0.97, "raw_acc_std": 0.01, "biased_acc_mean": 0.8}}
+    write(tmp_path, record("04_masktune", erm_biased_acc=0.5, erm_biased_acc_by_seed={"0": 0.20}))
+    full = record(
+        "04_masktune",
+        "full",
+        erm_biased_acc=0.5,  # seed 0 only: never read
+        erm_biased_acc_by_seed={"0": 0.17, "1": 0.19, "2": 0.21},
+        by_seed=by_seed,
+    )
+    full["seeds"] = [0, 1, 2]
+    write(tmp_path / "full", full)
+    write(tmp_path, record("06_caml", table={"CAML": {"per_seed_worst": [0.8, 0.82]}}))
     write(tmp_path, record(S.SELF))  # the scorecard's own record is not read
     rows = {r["headline"]: r for r in S.scorecard(S.load_records(tmp_path))}
     erm = rows["MaskTune paper: ERM on the biased test"]
-    assert (erm["quick"], erm["full"]) == (0.20, 0.19)
+    assert (erm["quick"], erm["n_quick"], erm["std_quick"]) == (0.20, 1, None)
+    assert erm["full"] == pytest.approx(0.19)
+    assert (erm["n"], erm["std"]) == (3, pytest.approx(0.02))  # sample std, ddof 1
     assert erm["delta_full"] == pytest.approx(0.19 - 0.1859)
+    assert erm["bound"] == pytest.approx(0.02 + 2 * 0.02 / 3**0.5)
     assert erm["status"] == "reproduced at full scale"
-    assert "full, cpu (2 threads), seeds [0, 1]" in erm["provenance_full"]
-    biased = rows["re-implementation VM, MaskTune top-k 0.1, biased test"]
-    assert biased["status"] == "not reproduced at full scale"
+    assert "full, cpu (2 threads), seeds [0, 1, 2]" in erm["provenance_full"]
+    # VM's rows read the 3-seed mean, but VM ran another set-up: shown, not judged
+    raw = rows["re-implementation VM, MaskTune top-k 0.1, raw test"]
+    assert (raw["full"], raw["n"], raw["std"]) == (0.97, 3, 0.01)
+    assert raw["status"] == "different set-up, not comparable"
+    assert "blue 6×6" in raw["why"]
     # the offline substitute is never scored as the reproduction, however close it is
-    assert rows["CAML, Waterbirds worst group"]["status"] == "cannot be measured offline"
-    assert rows["ReBias, unbiased test, ρ = 0.997"]["status"] == "not measured yet"
-    # a chapter without a full record says why: a GPU is needed, or the run is still to be made
-    assert "needs a GPU" in rows["ReBias, unbiased test, ρ = 0.997"]["why"]
     caml = rows["CAML, Waterbirds worst group"]
+    assert caml["status"] == "cannot be measured offline"
+    assert (caml["quick"], caml["n"]) == (pytest.approx(0.81), 2)
     assert caml["why"] == S.OFFLINE_WATERBIRDS
+    # a chapter without a full record says why: a GPU is needed, or the run is still to be made
+    rebias = rows["ReBias, unbiased test, ρ = 0.997"]
+    assert rebias["status"] == "not measured yet"
+    assert "needs a GPU" in rebias["why"]
+
+
+def test_chapter_02_compares_the_readme_statistic_and_shows_the_selected_one(tmp_path):
+    regularised = {"colored_test_acc": 0.95, "colored_test_acc_max_over_epochs": 0.97}
+    write(tmp_path, record("02_fisher_regularization", regularised=regularised))
+    rows = {r["headline"]: r for r in S.scorecard(S.load_records(tmp_path))}
+    row = rows["Fisher regulariser, coloured test (max over epochs)"]
+    assert (row["quick"], row["beside_quick"]) == (0.97, 0.95)
+    assert row["beside_label"] == "selected on grey validation"
+    assert row["n"] == 1  # the reference setting trains one seed, whatever the record's seeds
+    assert row["status"] == "not assessable (fewer than 3 seeds)"
+
+
+def H(**kw):
+    return S.Headline("05_rebias", "x", kw.pop("reference", 0.5), "src", "key", None, **kw)
+
+
+def stat(mean, std=0.01, n=3):
+    return S.Stat(mean, std, n)
+
+
+@pytest.mark.parametrize(
+    ("headline", "quick", "full", "status"),
+    [
+        # within tolerance + 2 SE over >= 3 seeds; SE = 0.03 / sqrt(3) = 0.0173, bound 0.0546
+        (H(), None, stat(0.5 + 0.054, 0.03), "reproduced at full scale"),
+        (H(), None, stat(0.5 - 0.056, 0.03), "not reproduced at full scale"),
+        (H(), stat(0.51), None, "matches at quick scale"),
+        (H(), stat(0.60), None, "differs at quick scale"),
+        # the full record decides when there is one
+        (H(), stat(0.60), stat(0.50), "reproduced at full scale"),
+        # too few seeds, whatever the distance
+        (H(), None, S.Stat(0.50, None, 1), "not assessable (fewer than 3 seeds)"),
+        (H(), None, stat(0.90, 0.01, 2), "not assessable (fewer than 3 seeds)"),
+        (H(), stat(0.90, 0.01, 3), stat(0.50, 0.01, 2), "not assessable (fewer than 3 seeds)"),
+        # both near chance: uninformative, even with many seeds
+        (
+            H(reference=0.104, chance=0.1),
+            stat(0.0996, 0.0, 5),
+            None,
+            "uninformative (chance level)",
+        ),
+        # the reference at chance but the book well above it: an informative difference
+        (H(reference=0.10, chance=0.1), None, stat(0.40), "not reproduced at full scale"),
+        (H(setup="another patch"), None, stat(0.5), "different set-up, not comparable"),
+        (H(), None, None, "not measured yet"),
+        (H(substitute="offline"), None, stat(0.5), "cannot be measured offline"),
+    ],
+)
+def test_the_rule(headline, quick, full, status):
+    assert S.verdict(headline, quick, full, real_data=False) == status
+    assert status in S.STATUSES
+
+
+def test_the_rule_is_stated_with_its_constants():
+    text = S.rule_text()
+    assert f"n ≥ {S.MIN_SEEDS}" in text and f"{S.SE_FACTOR:g}·SE" in text
+    assert f"{100 * S.CHANCE_MARGIN:g} points" in text
+    for status in S.STATUSES[:6]:
+        assert status.split(" (")[0].split(" at ")[0] in text
+
+
+@pytest.mark.parametrize(
+    ("path", "values", "expected"),
+    [
+        (("m",), {"m": 0.5}, S.Stat(0.5, None, 1)),
+        (("m",), {"m": float("nan")}, None),
+        (("m",), {}, None),
+    ],
+)
+def test_single_measure(path, values, expected):
+    assert S.single(*path).read(record("04_masktune", **values)) == expected
+
+
+def test_summary_measure_converts_a_population_std():
+    rec = record("06_caml", t={"mean": 0.8, "std": 0.01})  # 2 recorded seeds
+    assert S.summary("t", ddof=0).read(rec).std == pytest.approx(0.01 * 2**0.5)
+    assert S.summary("t").read(rec) == S.Stat(0.8, 0.01, 2)
+    rec = record("05_rebias", t={"mean": 0.3, "std": None, "n_seeds": 1})
+    assert S.summary("t", n="n_seeds").read(rec) == S.Stat(0.3, None, 1)
+
+
+def test_counts_and_totals_leave_the_unjudged_rows_out():
+    rows = [
+        {"chapter": "a", "status": "reproduced at full scale"},
+        {"chapter": "a", "status": "uninformative (chance level)"},
+        {"chapter": "b", "status": "different set-up, not comparable"},
+        {"chapter": "b", "status": "not reproduced at full scale"},
+    ]
+    assert list(S.counts(rows)) == list(S.STATUSES)
+    line = S.totals_line(rows)
+    assert "**4 headline numbers** from 2 chapters, **2 are judged**" in line
+    assert "1 reproduced at full scale, 1 not reproduced at full scale" in line
+    assert "Not counted: 1 uninformative (chance level), 1 different set-up" in line
+
+
+def test_reference_values_are_kept_as_published():
+    refs = {h.name: h.reference for h in S.HEADLINES}
+    assert refs["Fisher regulariser, coloured test (max over epochs)"] == 0.9858
+    assert refs["MaskTune paper: ERM on the biased test"] == 0.1859
+    assert refs["CAML, Waterbirds worst group"] == 0.8029
+    for h in S.HEADLINES:  # every source says where it was read
+        assert h.source and h.cite
+
+
+def test_every_cited_key_is_in_the_bibliography():
+    bib = (runner.REPO_ROOT / "book" / "references.bib").read_text()
+    keys = {h.cite for h in S.HEADLINES}
+    keys |= {e["cite"] for e in S.NOT_FOUND}
+    for key in keys:
+        assert re.search(rf"@\w+\{{{key},", bib), key
+
+
+def test_the_published_scorecard_follows_the_rule():
+    """The executed chapter 07 record: its counts are those the rule gives on the records."""
+    path = S.RESULTS / f"{S.SELF}.json"
+    published = json.loads(path.read_text())["metrics"]
+    rows = S.scorecard(S.load_records())
+    assert published["statuses"] == S.counts(rows)
+    assert [r["status"] for r in published["rows"]] == [r["status"] for r in rows]
+
+
+def test_the_exercises_name_only_existing_statuses():
+    nb = json.loads((runner.NOTEBOOKS / "07_scorecard.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    exercises = text[text.index("## Exercises") :]
+    for quoted in re.findall(r'"([^"]+)"', exercises):
+        if any(w in quoted for w in ("reproduced", "assessable", "scale", "set-up", "chance")):
+            assert quoted in S.STATUSES, quoted
 
 
 def test_the_runner_rehashes_the_scorecard_when_a_record_changes(tmp_path, monkeypatch):
