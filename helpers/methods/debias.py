@@ -105,7 +105,7 @@ def group_weights(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     g_cpu = groups.cpu()
     if g_cpu.min() < 0 or g_cpu.max() >= num_groups:
         raise ValueError(
-            f"groups must lie in [0, {num_groups}), got [{g_cpu.min()}, {g_cpu.max()}]"
+            f"groups must lie in [0, num_groups={num_groups}), got [{g_cpu.min()}, {g_cpu.max()}]"
         )
     counts = torch.bincount(g_cpu, minlength=num_groups).double()
     inv = torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0)
@@ -134,7 +134,7 @@ def reweighted_step(
         logits = model(batch.x)
         loss = weighted_ce(logits, batch.y, table["w"][batch.idx])
         _descend(loss, [optimizer])
-        return {"loss": loss, "acc": (logits.argmax(1) == batch.y).float().mean()}
+        return {"loss": loss.detach(), "acc": (logits.argmax(1) == batch.y).float().mean()}
 
     return step
 
@@ -302,7 +302,7 @@ def lff_step(
         w = lff_weights(ema_b.update(batch.idx, ce_b), ema_d.update(batch.idx, ce_d))
         loss = gce_loss(logits_b, batch.y, q).mean() + weighted_ce(logits_d, batch.y, w)
         _descend(loss, opts)
-        return {"loss": loss, "mean_weight": w.mean()}
+        return {"loss": loss.detach(), "mean_weight": w.mean()}
 
     return step
 
@@ -376,7 +376,7 @@ def groupdro_step(
         per = F.cross_entropy(model(batch.x), batch.y, reduction="none")
         loss = dro(per, g)
         _descend(loss, [optimizer])
-        return {"loss": loss, "q_min": dro.q.min()}
+        return {"loss": loss.detach(), "q_min": dro.q.min()}
 
     return step
 
