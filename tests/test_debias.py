@@ -318,3 +318,36 @@ def test_invalid_input_names_the_parameter():
     with pytest.raises(ValueError, match="bias labels"):
         step(_batch([0, 1, 2, 3]))
     assert math.isfinite(float(D.weighted_ce(torch.zeros(2, 2), y, torch.ones(2))))
+
+
+# --------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", D.METHODS)
+def test_cuda_steps_do_not_sync_with_the_host(method):
+    """The syncs of one epoch must not grow with its number of steps (state stays on the GPU)."""
+    import warnings
+
+    from helpers.train import to_device
+
+    def syncs(n: int) -> int:
+        train = to_device(_toy_images(n), "cuda")
+        kw = {"error_set": torch.arange(n) % 5 == 0, "upweight": 3} if method == "jtt" else {}
+        setup = D.build(method, _tiny_net, train, lr=0.05, num_classes=3, num_biases=3, **kw)
+        modules = list(setup.modules.values())
+
+        def run():
+            kw = {"sampler": setup.sampler, "progress": False}
+            fit(train, setup.step, epochs=1, batch_size=8, modules=modules, seed=0, **kw)
+
+        run()  # warm-up: lazy initialisation, the first step's one-off copies
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(8 * 8) == syncs(8 * 2)
