@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
 
@@ -69,6 +71,9 @@ def main(argv=None) -> dict:
             times[method].append(step_s + (time.perf_counter() - t0) / steps_per_epoch)
     per_step = {m: statistics.median(t) for m, t in times.items()}
     out = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_average_1min": os.getloadavg()[0],  # other processes' load: ratios, not times, travel
+        "torch": torch.__version__,
         "batch_size": bs,
         "threads": args.threads,
         "train_size": n,

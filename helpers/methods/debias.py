@@ -366,6 +366,8 @@ def groupdro_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, dro: GroupDRO, num_biases: int
 ) -> StepFn:
     """GroupDRO with the training set's bias labels: groups (y, b), loss ``dro(CE_i, g_i)``."""
+    if isinstance(num_biases, bool) or not isinstance(num_biases, int) or num_biases < 1:
+        raise ValueError(f"num_biases must be an int >= 1, got {num_biases!r}")
     if dro.num_groups % num_biases:
         raise ValueError(
             f"num_biases={num_biases} does not divide the {dro.num_groups} groups of dro"
