@@ -20,47 +20,6 @@ def test_group_metrics_on_hand_made_predictions():
     assert r["group_acc"] == [[1.0, 0.5], [0.5, 1.0]]
 
 
-def test_jtt_error_set_upweighting_counts():
-    wrong = torch.tensor([True, False, False, True, False])
-    w = G.jtt_weights(wrong, 20)
-    assert w.tolist() == [20.0, 1.0, 1.0, 20.0, 1.0]
-    # with the weighted sampler the error set's expected share is 2*20 / (2*20 + 3)
-    from helpers.train import weighted
-
-    order = weighted(w)(5000, torch.Generator().manual_seed(0))
-    share = wrong[order].float().mean()
-    assert float(share) == pytest.approx(40 / 43, abs=0.02)
-    with pytest.raises(ValueError, match="upweight"):
-        G.jtt_weights(wrong, 0.5)
-
-
-def test_lff_weights_in_unit_interval_and_gce():
-    gen = torch.Generator().manual_seed(0)
-    lb, ld = torch.rand(100, generator=gen) * 5, torch.rand(100, generator=gen) * 5
-    lb[0] = ld[0] = 0
-    w = G.lff_weights(lb, ld)
-    assert ((w >= 0) & (w <= 1)).all() and w[0] == 0
-    assert w[1] == pytest.approx(float(lb[1] / (lb[1] + ld[1])))
-    logits = torch.randn(8, 2, generator=gen)
-    y = torch.randint(0, 2, (8,), generator=gen)
-    p = torch.softmax(logits, 1)[torch.arange(8), y]
-    assert torch.allclose(G.gce_loss(logits, y, 0.7), -torch.log(p) * p**0.7 * 0.7, atol=1e-6)
-    with pytest.raises(ValueError, match="q"):
-        G.gce_loss(logits, y, 0.0)
-
-
-def test_lff_ema_first_visit_then_average_and_class_normalised():
-    y = torch.tensor([0, 0, 1, 1])
-    ema = G._EMA(y, alpha=0.7)
-    out = ema.update(torch.tensor([0, 2]), torch.tensor([2.0, 4.0]))
-    assert ema.value.tolist() == pytest.approx(
-        [2.0, 0.0, 4.0, 0.0]
-    )  # first visit stores the loss itself
-    assert out.tolist() == pytest.approx([1.0, 1.0])  # divided by the class maximum
-    ema.update(torch.tensor([0, 1]), torch.tensor([1.0, 4.0]))
-    assert ema.value.tolist() == pytest.approx([0.7 * 2.0 + 0.3 * 1.0, 4.0, 4.0, 0.0])
-
-
 def _toy(n=400, seed=0, agree=0.95):
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 2, (n,), generator=gen)

@@ -1,7 +1,8 @@
 """Group-robustness baselines as small heads on frozen features: ERM, JTT, LfF, GroupDRO, DFR.
 
-All neural heads are :class:`helpers.caml.Adapter` (D → 128 tanh → 2) trained by
-:func:`helpers.train.fit` with Adam; the methods differ only in the step function or the sampler.
+All neural heads are :class:`helpers.models.Adapter` (D → 128 tanh → 2) trained by
+:func:`helpers.train.fit` with Adam; the methods differ only in the step function or the sampler,
+which come from :mod:`helpers.methods.debias` (the same losses and rules train CNNs end to end).
 Selection: worst-group accuracy on the group-balanced validation split for JTT, GroupDRO (as in
 their papers); plain validation accuracy for ERM and LfF (LfF's official code keeps the last epoch;
 here it gets the same validation-based selection as the other methods). DFR is a logistic
@@ -12,14 +13,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from helpers import metrics as M
+from helpers.methods.debias import (
+    GroupDRO,
+    LossEMA,
+    gce_loss,
+    groupdro_step,
+    jtt_error_set,
+    jtt_weights,
+    lff_step,
+    lff_weights,
+)
 from helpers.models import Adapter
 from helpers.seed import derive_seed
 from helpers.tensordata import TensorData
 from helpers.train import (
-    Batch,
     KeepBest,
     TrainConfig,
     TrainResult,
@@ -87,19 +96,6 @@ def train_erm(
 
 
 # ---------------------------------------------------------------------------------------------- JTT
-def jtt_weights(wrong: torch.Tensor, upweight: float) -> torch.Tensor:
-    """Sampling weight ``upweight`` for the error set, 1 for the rest (JTT's up-sampling as a
-    sampler)."""
-    if upweight < 1:
-        raise ValueError(f"upweight must be >= 1, got {upweight}")
-    return torch.where(wrong.bool(), torch.tensor(float(upweight)), torch.tensor(1.0))
-
-
-def jtt_error_set(model, train: TensorData) -> torch.Tensor:
-    """Boolean mask of the training samples the identification model misclassifies."""
-    return (predict(model, train).argmax(1) != train.y).cpu()
-
-
 def train_jtt(
     model: Adapter,
     train: TensorData,
@@ -110,8 +106,9 @@ def train_jtt(
     upweight: float,
     desc: str = "JTT",
 ) -> TrainResult:
-    """JTT: ERM for ``id_epochs`` → error set → fresh head trained with the error set up-sampled
-    ``upweight``×."""
+    """JTT: ERM for ``id_epochs`` → error set → fresh head trained with the error set drawn
+    ``upweight``× as often (a weighted sampler with replacement; the end-to-end version up-samples
+    without replacement, :func:`~helpers.methods.debias.jtt_upsampler`)."""
     if int(id_epochs) < 1:
         raise ValueError(f"id_epochs must be >= 1, got {id_epochs}")
     ident = Adapter(train.x.shape[1]).to(train.device)
@@ -145,46 +142,6 @@ def train_jtt(
 
 
 # ---------------------------------------------------------------------------------------------- LfF
-def gce_loss(logits: torch.Tensor, y: torch.Tensor, q: float = 0.7) -> torch.Tensor:
-    """Generalised CE as LfF's code writes it: ``CE * q * stopgrad(p_y)^q`` (per sample)."""
-    if not 0 < q <= 1:
-        raise ValueError(f"q must be in (0, 1], got {q}")
-    p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1).detach()
-    return F.cross_entropy(logits, y, reduction="none") * (p**q) * q
-
-
-def lff_weights(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
-    """Relative difficulty ``W = l_B / (l_B + l_D)`` in [0, 1] (0 where both losses are 0)."""
-    total = loss_b + loss_d
-    return torch.where(total > 0, loss_b / total.clamp_min(1e-12), torch.zeros_like(total))
-
-
-class _EMA:
-    """Per-sample exponential moving average of a loss, normalised by its class maximum (as LfF's
-    code).
-
-    The first visit of a sample stores its loss itself; later visits do ``e <- alpha * e + (1 -
-    alpha) * loss``.
-    """
-
-    def __init__(self, y: torch.Tensor, alpha: float):
-        self.y, self.alpha = y, alpha
-        self.value = torch.zeros(len(y), device=y.device)
-        self.seen = torch.zeros(len(y), dtype=torch.bool, device=y.device)
-        self.class_masks = torch.stack([y == c for c in (0, 1)])  # (2, N), built once
-
-    def update(self, idx: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        keep = torch.where(self.seen[idx], self.alpha, 0.0)  # 0 on a first visit: e = loss
-        self.value[idx] = keep * self.value[idx] + (1 - keep) * loss.float()
-        self.seen[idx] = True
-        out = self.value[idx].clone()
-        # per-class maxima over the whole set, on the device (values are >= 0, so 0 outside a class
-        # is neutral)
-        top = torch.where(self.class_masks, self.value, 0.0).amax(1).clamp_min(1e-8)
-        yb = self.y[idx]
-        return torch.where(yb == 0, out / top[0], torch.where(yb == 1, out / top[1], out))
-
-
 def train_lff(
     model: Adapter,
     train: TensorData,
@@ -196,26 +153,15 @@ def train_lff(
     desc: str = "LfF",
 ) -> TrainResult:
     """LfF: a GCE-trained biased head and the debiased ``model`` trained with relative-difficulty
-    weights; ``model`` ends at the epoch of best plain validation accuracy."""
+    weights (:func:`~helpers.methods.debias.lff_step`); ``model`` ends at the epoch of best plain
+    validation accuracy."""
     if not 0 <= alpha < 1:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     biased = Adapter(train.x.shape[1]).to(train.device)
+    # one Adam over both heads: the same update as two (Adam's state is per parameter)
     opt = cfg.adam(list(model.parameters()) + list(biased.parameters()))
-    ema_b, ema_d = _EMA(train.y, alpha), _EMA(train.y, alpha)
-
-    def step(batch: Batch) -> dict:
-        lb_logits, ld_logits = biased(batch.x), model(batch.x)
-        ce_b = F.cross_entropy(lb_logits, batch.y, reduction="none").detach()
-        ce_d = F.cross_entropy(ld_logits, batch.y, reduction="none").detach()
-        w = lff_weights(ema_b.update(batch.idx, ce_b), ema_d.update(batch.idx, ce_d))
-        loss = (
-            gce_loss(lb_logits, batch.y, q).mean()
-            + (F.cross_entropy(ld_logits, batch.y, reduction="none") * w).mean()
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss, "mean_weight": w.mean()}
+    ema_b, ema_d = LossEMA(train.y, alpha, 2), LossEMA(train.y, alpha, 2)
+    step = lff_step(model, biased, opt, ema_d, ema_b, q=q)
 
     # the debiased head is selected like ERM and CAML, by plain accuracy on the (group-balanced)
     # validation set; the worst groups are logged, never used
@@ -249,39 +195,21 @@ def train_groupdro(
     desc: str = "GroupDRO",
 ) -> TrainResult:
     """GroupDRO with training group labels (oracle): loss ``sum_g q_g l_g``, ``q ← q exp(eta l_g)``,
-    normalised."""
+    normalised (:class:`~helpers.methods.debias.GroupDRO` over the four groups g = 2y + b)."""
     if eta <= 0:
         raise ValueError(f"eta must be > 0, got {eta}")
     opt = cfg.adam(model.parameters())
-    q = torch.full((4,), 0.25, device=train.device)
-
-    def step(batch: Batch) -> dict:
-        nonlocal q
-        g = 2 * batch.y + batch.bias
-        per = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-        # group sums through a one-hot mask, not bincount / index_add: on CUDA bincount reads its
-        # input's max back to the host every step and index_add accumulates in a nondeterministic
-        # order; a masked sum is deterministic and stays float32 under autocast (a matmul would not)
-        onehot = (g[:, None] == torch.arange(4, device=g.device)).to(per.dtype)
-        group_loss = (onehot * per[:, None]).sum(0) / onehot.sum(0).clamp_min(1)
-        q = q * torch.exp(eta * group_loss.detach())
-        q = q / q.sum()
-        loss = (q * group_loss).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss, "q_min": q.min()}
-
+    dro = GroupDRO(4, eta, device=train.device)
     result = fit_keep_best(
         model,
         train,
-        step,
+        groupdro_step(model, opt, dro, num_biases=2),
         cfg,
         "val_worst",
         lambda: worst_group_on(model, val),
         desc=desc,
     )
-    result.extras["q"] = q.cpu().tolist()
+    result.extras["q"] = dro.q.cpu().tolist()
     return result
 
 
