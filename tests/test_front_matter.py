@@ -6,12 +6,13 @@ import nbformat
 import pytest
 
 from helpers.book import front_matter as fm
+from helpers.book.layout import profile_folder
 from helpers.cache import REPO_ROOT
 
 
 def _chapter(root, stem, profile, wall, device, *, cached=False):
-    folder = root / "book" if profile == "quick" else root / "book" / profile
-    results = root / "book" / "results" if profile == "quick" else root / "book" / "results" / profile
+    folder = profile_folder(root / "book", profile)
+    results = profile_folder(root / "book" / "results", profile)
     folder.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     record = {"chapter": stem, "profile": profile, "device": device, "wall_time_s": wall}
