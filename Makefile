@@ -2,6 +2,7 @@
 #   make book   - create the virtual environment if missing, install, execute the chapters, build the HTML
 #   make test   - lint, unit tests, notebook checks, the book build, every chapter at smoke (nbval)
 #   make lint   - ruff check and ruff format --check (make format applies the formatter)
+#   make pdf    - the whole book as one PDF (_build/book.pdf), printed by Debian's Chromium from the HTML
 #   make publish - push the HTML that `make book` built (_build/html) to the gh-pages branch
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -15,7 +16,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book html publish test unit lint format lab benchmark clean distclean
+.PHONY: book html pdf publish test unit lint format lab benchmark clean distclean
 LINTED  := helpers tests benchmarks notebooks
 
 $(STAMP): pyproject.toml
@@ -31,6 +32,12 @@ book: $(STAMP)
 
 html: $(STAMP)
 	$(PY) -m helpers.book html
+
+# Every HTML build also packs _build/notebooks.zip (helpers.book.downloads). The PDF is printed by
+# Chromium from the built HTML, so the book is built first when it is missing.
+pdf: $(STAMP) $(CHROMIUM)
+	@test -f _build/html/index.html || $(PY) -m helpers.book html
+	$(PY) -m helpers.book.pdf --html _build/html --out _build/book.pdf
 
 publish: $(STAMP)
 	@test -f _build/html/index.html || { echo "no _build/html: run make book first"; exit 1; }

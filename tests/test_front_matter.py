@@ -1,0 +1,57 @@
+"""The introduction's run-time table comes from the run records, not from typed numbers."""
+
+import json
+
+import nbformat
+import pytest
+
+from helpers.book import front_matter as fm
+from helpers.book.layout import profile_folder
+from helpers.cache import REPO_ROOT
+
+
+def _chapter(root, stem, profile, wall, device, *, cached=False):
+    folder = profile_folder(root / "book", profile)
+    results = profile_folder(root / "book" / "results", profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    record = {"chapter": stem, "profile": profile, "device": device, "wall_time_s": wall}
+    (results / f"{stem}.json").write_text(json.dumps(record))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Chapter 9 — A test chapter\n\nText.")]
+    code = nbformat.v4.new_code_cell("train()")
+    text = "loaded checkpoint x.pt (delete it ...)\n" if cached else "epoch 1\n"
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    nb.cells.append(code)
+    nbformat.write(nb, folder / f"{stem}.ipynb")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.4, "under 1 s"), (42.3, "42 s"), (176.1, "3 min"), (4905.2, "82 min"), (8344, "2.3 h")],
+)
+def test_durations_read_as_a_reader_wants(seconds, text):
+    assert fm.duration(seconds) == text
+
+
+def test_rows_come_from_the_records(tmp_path):
+    _chapter(tmp_path, "09_test", "quick", 176.1, "cpu (2 threads)")
+    _chapter(tmp_path, "09_test", "full", 277.1, "cpu (1 threads)", cached=True)
+    _chapter(tmp_path, "10_gpu", "full", 90.0, "cuda (NVIDIA H100)")
+    rows = fm.runtime_rows(tmp_path, ["09_test", "10_gpu", "11_none"])
+    assert rows[0][0] == "[9](09_test.ipynb) A test chapter"
+    assert rows[0][1] == "3 min, cpu (2 threads)"
+    assert rows[0][2].startswith("5 min, cpu (1 threads); trained networks loaded from the cache")
+    assert rows[0][3] == "no GPU run recorded yet"
+    assert rows[1][1] == rows[1][2] == "not run yet"
+    assert rows[1][3] == "full: 90 s, cuda (NVIDIA H100)"
+    assert rows[2][1:3] == ["not run yet", "not run yet"]
+
+
+def test_the_table_lists_every_numbered_chapter_of_the_toc():
+    stems = fm.toc_chapters(REPO_ROOT)
+    assert stems and all(s[:2].isdigit() for s in stems)
+    table = fm.runtime_table(REPO_ROOT, stems)
+    assert len(table.splitlines()) == len(stems) + 2
+    for stem in stems:
+        assert f"({stem}.ipynb)" in table
