@@ -9,7 +9,6 @@ import random
 import numpy as np
 import torch
 
-
 # torch.manual_seed takes at most an unsigned 64-bit integer (derived seeds are below 2**63)
 SEED_MAX = 2**64 - 1
 

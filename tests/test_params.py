@@ -201,7 +201,7 @@ FLOAT_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize("chapter, name", FLOAT_PARAMS)
+@pytest.mark.parametrize(("chapter", "name"), FLOAT_PARAMS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_nan_and_inf_are_refused_for_every_float_parameter(chapter, name, bad):
     """Item 3: NaN passes every range comparison (``-p sigma nan`` trained chapter 06 for minutes
@@ -244,7 +244,7 @@ def test_every_int_list_and_dict_parameter_is_bounded(chapter):
 
 
 @pytest.mark.parametrize(
-    "rule, missing",
+    ("rule", "missing"),
     [
         ("{type: int, min: 0}", "max or choices"),
         ("{type: list, item: float, max: 1.0}", "max_len"),

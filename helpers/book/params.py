@@ -190,11 +190,14 @@ def check_value(chapter: str, name: str, value: Any, rule: Mapping) -> Any:
             _finite(chapter, name, value)
             return list(value)
         return [_check_scalar(chapter, name, v, item, rule, f"[{i}]") for i, v in enumerate(value)]
-    if rule["type"] == "dict" and isinstance(value, Mapping) and "max_len" in rule:
-        if len(value) > rule["max_len"]:
-            raise ParameterError(
-                chapter, name, f"takes at most {rule['max_len']} entries, got {len(value)}"
-            )
+    if (
+        rule["type"] == "dict"
+        and isinstance(value, Mapping)
+        and len(value) > rule.get("max_len", len(value))
+    ):
+        raise ParameterError(
+            chapter, name, f"takes at most {rule['max_len']} entries, got {len(value)}"
+        )
     return _check_scalar(chapter, name, value, rule["type"], rule)
 
 
