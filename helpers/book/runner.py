@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -402,8 +403,9 @@ def publish(files: list[tuple[Path, Path]]) -> None:
 
 
 def check_writable(srcs: list[Path], profile: str) -> None:
-    """Before anything runs: every folder that will receive a chapter's notebook or record exists
-    (or can be created) and takes a file, and no directory sits where one of those files belongs.
+    """Before anything runs, leaving nothing behind: every folder that will receive a
+    chapter's notebook or record (or, while it does not exist, its nearest existing parent) takes a
+    file, and no directory sits where one of those files belongs.
     A :class:`BookError` names the path."""
     for src in srcs:
         for target in (executed_path(src, profile), results_path(src.stem, profile)):
@@ -412,15 +414,18 @@ def check_writable(srcs: list[Path], profile: str) -> None:
                     f"{shown_path(target)} is a directory where a file belongs: remove it; "
                     "nothing was run"
                 )
+            folder = target.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent  # creating the folder is publishing's job, not the check's
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, probe = tempfile.mkstemp(dir=target.parent, prefix=".write-probe.")
+                if not folder.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
                 os.close(fd)
                 os.unlink(probe)
             except OSError as exc:
                 raise BookError(
-                    f"cannot write to {shown_path(target.parent)} ({exc.strerror or exc}); "
-                    "nothing was run"
+                    f"cannot write to {shown_path(folder)} ({exc.strerror or exc}); nothing was run"
                 ) from None
         if nbformat.read(src, as_version=4).metadata.get(META_KEY, {}).get("reads_records"):
             for record in record_files(RESULTS):
