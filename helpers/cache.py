@@ -5,11 +5,16 @@ checksummed.
   variable ``SHORTCUT_BOOK_DATA``, or ``data/`` at the repository root (git-ignored).
 * Atomic writes: a reader never sees a half-written data file or checkpoint.
 * Checkpoints keyed by a run's configuration: load when present, otherwise train and save. A chapter
-  re-run with the same parameters loads its trained networks in seconds (the UvA pattern). Files are
-  written atomically with a SHA-256 sidecar and loaded with ``torch.load(..., weights_only=True)``;
-  a file whose checksum does not match is ignored and the run retrains; one that matches but cannot
-  be loaded (truncated, wrong tensors, a pickle ``weights_only`` refuses) is moved aside as
+  re-run with the same parameters loads its trained networks in seconds (the UvA pattern). Weights
+  and their SHA-256 are one file (a header line with the digest, then ``torch.save``'s bytes),
+  written atomically, so two processes saving the same checkpoint at once can never leave weights
+  and checksum from different writers; the payload is loaded with
+  ``torch.load(..., weights_only=True)`` (:func:`read_checkpoint`). A file whose checksum does not
+  match is ignored and the run retrains; one that matches but cannot be loaded (truncated, wrong
+  tensors, a pickle ``weights_only`` refuses, not this format) is moved aside as
   ``<name>.pt.unloadable`` and retrained.
+* Errors name the path: a cache root that is not a directory, a write that fails (disk full,
+  read-only) — :class:`CacheError` / the ``OSError`` carry the file name.
 """
 
 from __future__ import annotations
@@ -31,12 +36,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_VAR = "SHORTCUT_BOOK_DATA"
 
 
+class CacheError(ValueError):
+    """The cache root cannot be used (it is a file, or cannot be created); the message names it."""
+
+
 def cache_root(root: str | os.PathLike | None = None) -> Path:
     """Return the data cache directory, creating it if needed."""
+    source = "the cache root"
     if root is None:
         root = os.environ.get(ENV_VAR) or REPO_ROOT / "data"
+        if os.environ.get(ENV_VAR):
+            source = f"${ENV_VAR}"
     path = Path(root).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"{source} ({path}) is not a directory: point it at a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"{source} ({path}) cannot be created: {exc.strerror or exc}") from None
     return path
 
 
@@ -115,13 +132,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     The file gets the usual umask-based mode (mkstemp alone would leave it 0600); the temporary
     file's name carries the writer's PID so that one left by a killed run is recognised and deleted
     by the next write.
+    An ``OSError`` (disk full, read-only folder, ...) is raised again with ``path`` as its file
+    name, so the message says which file could not be written; ``path`` is then unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_files(path.parent)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temp_files(path.parent)
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp"
+        )
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -129,9 +151,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` again, as the same type, with ``path`` as its file name: ``[Errno 28] No space left
+    on device: '<path>'`` (the temporary file or the folder it failed on says less)."""
+    if exc.errno is None:
+        return type(exc)(f"cannot write {path}: {exc}")
+    return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -139,7 +172,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 # -------------------------------------------------------------------------------------- checkpoints
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the checksum is inside the checkpoint file
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -150,6 +183,34 @@ def config_key(config: Mapping[str, Any]) -> str:
 
 def checkpoint_path(name: str, config: Mapping[str, Any], root=None) -> Path:
     return checkpoint_dir(root) / f"{name}-{config_key(config)}.pt"
+
+
+# The first line of a checkpoint file: this header, then the SHA-256 of the rest of the file (the
+# torch.save payload) in hex, then a newline. One file, one atomic rename: weights and checksum
+# always come from the same writer.
+CHECKPOINT_MAGIC = b"shortcut-book checkpoint 2 sha256="
+
+
+def checkpoint_bytes(payload: bytes) -> bytes:
+    """The file content for a ``torch.save`` payload: header line with its digest, then it."""
+    return CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+class ChecksumMismatch(ValueError):
+    """A checkpoint file whose payload does not match the digest in its header."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The saved ``{"config", "state", "extra"}`` of a checkpoint file, its checksum verified and
+    its payload loaded with ``weights_only=True``. Raises :class:`ChecksumMismatch` for a payload
+    that does not match its header, ``ValueError`` for a file that is not a checkpoint."""
+    data = Path(path).read_bytes()
+    head, sep, payload = data.partition(b"\n")
+    if not head.startswith(CHECKPOINT_MAGIC) or not sep:
+        raise ValueError("not a checkpoint of this book (no checksum header)")
+    if hashlib.sha256(payload).hexdigest().encode() != head[len(CHECKPOINT_MAGIC) :]:
+        raise ChecksumMismatch("checksum mismatch")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def save_checkpoint(
@@ -167,40 +228,38 @@ def save_checkpoint(
         },
         buf,
     )
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    atomic_write_bytes(path, checkpoint_bytes(buf.getvalue()))
+    # a sidecar of the format before the checksum moved into the file
+    path.with_suffix(".sha256").unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None:
     """Load weights into ``modules`` and return the saved ``extra``; None if absent or corrupt."""
-    sidecar = path.with_suffix(".sha256")
     clean_stale_temp_files(
         path.parent
     )  # also when this run only reads: a killed save left up to 16 MB behind
-    if not path.is_file() or not sidecar.is_file():
-        return None
-    if file_digest(path) != sidecar.read_text().strip():
-        print(f"checkpoint {path.name}: checksum mismatch, ignoring it and retraining")
+    if not path.is_file():
         return None
     # A failed load_state_dict may have copied some tensors already: keep the initial weights to put
     # them back, so the retraining starts exactly as a run without a checkpoint would.
     initial = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = read_checkpoint(path)
         if set(blob["state"]) != set(modules):
             return None
         for k, m in modules.items():
             m.load_state_dict(blob["state"][k])
         return dict(blob["extra"])
+    except ChecksumMismatch:
+        print(f"checkpoint {path.name}: checksum mismatch, ignoring it and retraining")
+        return None
     except Exception as exc:  # noqa: BLE001 - truncated zip, wrong tensors, a pickle weights_only refuses, ...
-        # The sidecar matches, so the file would fail the same way on every run: set it aside and
-        # retrain.
+        # The checksum matches (or there is none), so the file would fail the same way on every
+        # run: set it aside and retrain.
         for k, m in modules.items():
             m.load_state_dict(initial[k])
         aside = path.with_name(f"{path.name}.unloadable")
         os.replace(path, aside)
-        sidecar.unlink(missing_ok=True)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         print(
             f"checkpoint {path.name} cannot be loaded ({type(exc).__name__}: {reason}); moved it "

@@ -9,10 +9,15 @@ import random
 import numpy as np
 import torch
 
+# torch.manual_seed takes at most an unsigned 64-bit integer (derived seeds are below 2**63)
+SEED_MAX = 2**64 - 1
+
 
 def _check_seed(seed) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if seed > SEED_MAX:
+        raise ValueError(f"seed must be <= 2**64 - 1 (what torch accepts), got {seed!r}")
 
 
 def seed_everything(seed: int) -> None:

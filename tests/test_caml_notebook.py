@@ -10,7 +10,9 @@ from helpers.data.feature_folder import make_tiny_feature_folder
 
 
 def test_notebook_runs_on_a_user_feature_folder(tmp_path, monkeypatch):
-    folder = make_tiny_feature_folder(tmp_path / "my_waterbirds_feats", seed=0)
+    """Also issue 29, item 6: a user folder named ``offline-mnist`` (the built-in default's label)
+    was taken for the default and crashed with ``KeyError: 'feature_dim'``."""
+    folder = make_tiny_feature_folder(tmp_path / "offline-mnist", seed=0)
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setenv("SHORTCUT_BOOK_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv(
@@ -32,9 +34,10 @@ def test_notebook_runs_on_a_user_feature_folder(tmp_path, monkeypatch):
         },
     )
     text = out.read_text()
-    assert "my_waterbirds_feats" in text and "offline feature folder" not in text
+    assert "User feature folder `offline-mnist (user folder)`" in text
+    assert "offline feature folder" not in text
     record = json.loads((tmp_path / "results" / "06_caml.json").read_text())
-    assert record["metrics"]["data_source"] == "my_waterbirds_feats"
+    assert record["metrics"]["data_source"] == "offline-mnist (user folder)"
     assert set(record["metrics"]["table"]) >= {
         "ERM",
         "CAML",

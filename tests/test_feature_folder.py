@@ -261,3 +261,23 @@ def test_checksums_entries_outside_the_folder_are_refused(tiny, tmp_path, entry)
         FeatureFolderError, match=r"checksums.json: entry .* points outside the folder"
     ):
         load_feature_folder(tiny)
+
+
+def test_a_single_feature_is_refused_by_the_loader(tiny):
+    """Issue 29, item 6: D = 1 passed the loader and crashed chapter 06 in its PCA cell."""
+    from helpers.data.feature_folder import CHECKSUMS
+
+    for split in ("train", "val", "test"):
+        path = tiny / f"{split}_feats.npy"
+        np.save(path, np.load(path)[:, :1])
+    (tiny / CHECKSUMS).unlink()
+    with pytest.raises(FeatureFolderError, match=r"train_feats.npy has D = 1 .*at least 2"):
+        load_feature_folder(tiny)
+
+
+def test_a_user_folder_named_like_the_default_is_not_taken_for_it(tmp_path):
+    from helpers.data.feature_folder import OFFLINE_SOURCE, source_name
+
+    assert source_name(tmp_path / "waterbirds") == "waterbirds"
+    assert source_name(tmp_path / OFFLINE_SOURCE) != OFFLINE_SOURCE
+    assert source_name(f"{tmp_path}/{OFFLINE_SOURCE}/") == f"{OFFLINE_SOURCE} (user folder)"

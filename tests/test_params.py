@@ -190,3 +190,81 @@ def test_zero_learning_rate_is_refused(chapter):
     with pytest.raises(ParameterError, match=r"parameter 'lr' must be > 0.0, got 0.0"):
         validate(chapter, {"lr": 0}, partial=True)
     assert validate(chapter, {"lr": 1e-6}, partial=True)["lr"] == 1e-6
+
+
+# ------------------------------------------------------------------ issue 29: bounds on every value
+FLOAT_PARAMS = [
+    (c, n)
+    for c in CHAPTERS
+    for n, r in load_spec(c)["parameters"].items()
+    if r["type"] == "float" or (r["type"] == "list" and r.get("item") == "float")
+]
+
+
+@pytest.mark.parametrize(("chapter", "name"), FLOAT_PARAMS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_are_refused_for_every_float_parameter(chapter, name, bad):
+    """Item 3: NaN passes every range comparison (``-p sigma nan`` trained chapter 06 for minutes
+    and then failed elsewhere)."""
+    rule = load_spec(chapter)["parameters"][name]
+    value = [bad] * max(1, rule.get("min_len", 1)) if rule["type"] == "list" else bad
+    with pytest.raises(ParameterError, match=rf"parameter '{name}(\[0\])?' must be a finite"):
+        validate(chapter, {name: value}, partial=True)
+
+
+def test_nan_inside_a_dict_parameter_is_refused():
+    with pytest.raises(ParameterError, match=r"'consistency_ablation\['kl'\]' must be a finite"):
+        validate(
+            "03_background_pairing", {"consistency_ablation": {"kl": float("inf")}}, partial=True
+        )
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if "seed" in load_spec(c)["parameters"]])
+def test_a_seed_beyond_its_range_is_refused_by_name(chapter):
+    """Item 4: ``-p seed 18446744073709551616`` failed in torch naming nothing."""
+    with pytest.raises(ParameterError, match=r"parameter 'seed' must be <= 4294967295"):
+        validate(chapter, {"seed": 2**64}, partial=True)
+    assert validate(chapter, {"seed": 2**32 - 1}, partial=True)["seed"] == 2**32 - 1
+
+
+def test_a_huge_list_is_refused_by_name():
+    """Item 5: a ``rhos`` list of 10**6 entries looped until killed."""
+    for chapter in ("01_shortcut_learning", "05_rebias"):
+        with pytest.raises(ParameterError, match=r"parameter 'rhos' takes at most \d+ entries"):
+            validate(chapter, {"rhos": [0.5] * 10**6}, partial=True)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_int_list_and_dict_parameter_is_bounded(chapter):
+    for name, rule in load_spec(chapter)["parameters"].items():
+        if rule["type"] in ("list", "dict"):
+            assert "max_len" in rule, name
+        if "int" in (rule["type"], rule.get("item")):
+            assert "max" in rule or "choices" in rule, name
+
+
+@pytest.mark.parametrize(
+    ("rule", "missing"),
+    [
+        ("{type: int, min: 0}", "max or choices"),
+        ("{type: list, item: float, max: 1.0}", "max_len"),
+        ("{type: list, item: int, max_len: 3}", "max or choices"),
+        ("{type: dict}", "max_len"),
+    ],
+)
+def test_a_schema_without_a_bound_is_refused(tmp_path, rule, missing):
+    (tmp_path / "99_x.yaml").write_text(f"parameters:\n  p: {rule}\nprofiles: {{}}\n")
+    with pytest.raises(ValueError, match=rf"99_x.yaml: the rule for 'p' needs {missing}"):
+        load_spec("99_x", tmp_path)
+
+
+def test_a_yaml_alias_bomb_in_a_parameter_file_is_refused_at_once(tmp_path):
+    """papermill's ``-y`` expands aliases before any kernel starts (it hangs); the book's own
+    loader refuses anchors and aliases outright."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, n in zip("abcdefgh", "bcdefghi")
+    )
+    (tmp_path / "99_bomb.yaml").write_text(bomb + "parameters: {}\nprofiles: {}\n")
+    with pytest.raises(ValueError, match=r"99_bomb.yaml: .*anchors"):
+        load_spec("99_bomb", tmp_path)

@@ -33,12 +33,12 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _one_chapter(nbs, stem, code, full="{}"):
+def _one_chapter(nbs, stem, code, full="{}", reads_records=False):
     """Write notebook ``stem`` (a parameters cell, then ``code``) and its profile file."""
     (nbs / "profiles").mkdir(parents=True, exist_ok=True)
     (nbs / "profiles" / f"{stem}.yaml").write_text(
-        "parameters:\n  seed: {type: int, min: 0}\nprofiles:\n  smoke: {}\n  quick: {}\n"
-        f"  full: {full}\n"
+        "parameters:\n  seed: {type: int, min: 0, max: 100}\nprofiles:\n  smoke: {}\n"
+        f"  quick: {{}}\n  full: {full}\n"
     )
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
@@ -46,6 +46,8 @@ def _one_chapter(nbs, stem, code, full="{}"):
         "display_name": "Python 3",
         "language": "python",
     }
+    if reads_records:
+        nb.metadata["shortcut_book"] = {"reads_records": True}
     nb.cells = [
         nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(code),
@@ -202,3 +204,219 @@ def test_the_toc_gets_an_appendix_of_full_runs(monkeypatch):
     assert appendix["chapters"] == [
         {"file": (book / "full" / "05_rebias").relative_to(REPO_ROOT).as_posix()}
     ]
+
+
+# --------------------------------------------------------------- issue 29: faults around the runner
+def _fake_papermill(monkeypatch):
+    """Replace papermill's execution by a copy of the source notebook and a run record written
+    where the kernel would write it; returns the list of calls (with the cache path the kernel
+    would see)."""
+    import papermill
+
+    calls = []
+
+    def execute_notebook(src, out, parameters=None, **kwargs):
+        calls.append({"data": os.environ.get("SHORTCUT_BOOK_DATA"), "cwd": kwargs.get("cwd")})
+        nbformat.write(nbformat.read(src, as_version=4), out)
+        stem = Path(src).stem
+        record = {"profile": parameters["profile"], "seeds": [len(calls)]}
+        results = Path(os.environ["SHORTCUT_BOOK_RESULTS"])
+        (results / f"{stem}.json").write_text(json.dumps(record))
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return calls
+
+
+def _published_book(tmp_path, monkeypatch):
+    """A one-chapter book (fake kernel) with its quick copy already published."""
+    _recording_book(tmp_path, monkeypatch)
+    calls = _fake_papermill(monkeypatch)
+    assert runner.main(["run", "--chapters", "01", "--no-html"]) == 0
+    book = tmp_path / "book"
+    nb, rec = book / "01_record.ipynb", book / "results" / "01_record.json"
+    return calls, nb, rec
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_a_full_disk_in_book_leaves_the_published_notebook_and_record_unchanged(
+    tmp_path, monkeypatch, capsys
+):
+    """Item 1: book/ on another file system than build/, and the disk fills while the new copy
+    goes in: the old notebook was left truncated while the new record was already in place.
+    Simulated: a rename from build/ into book/ fails with EXDEV (another file system), and a copy
+    into book/ writes part of the file and fails with ENOSPC."""
+    import errno
+    import shutil
+
+    calls, nb, rec = _published_book(tmp_path, monkeypatch)
+    book = tmp_path / "book"
+    before = {p: p.read_bytes() for p in (nb, rec)}
+    listing = _files(book)
+    real_rename = os.rename
+
+    def rename(src, dst, *a, **k):
+        if Path(src).is_relative_to(runner.RUNNING) and Path(dst).is_relative_to(book):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+        return real_rename(src, dst, *a, **k)
+
+    def copyfile(src, dst, *a, **k):
+        data = Path(src).read_bytes()
+        with open(dst, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    capsys.readouterr()
+    assert runner.main(["run", "--chapters", "01", "--no-html", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "01_record" in err and "unchanged" in err, err
+    assert len(calls) == 2  # it ran, and failed only when publishing
+    assert {p: p.read_bytes() for p in (nb, rec)} == before
+    assert _files(book) == listing  # no temporary file left behind
+
+
+def test_a_failed_second_rename_puts_the_first_file_back(tmp_path, monkeypatch, capsys):
+    """Item 1: notebook and record are published together or not at all; the record goes first,
+    so when the notebook's rename fails the record is rolled back."""
+    import errno
+
+    calls, nb, rec = _published_book(tmp_path, monkeypatch)
+    before = {p: p.read_bytes() for p in (nb, rec)}
+    listing = _files(tmp_path / "book")
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(dst) == nb and not Path(src).name.startswith(".01_record.ipynb.old."):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    capsys.readouterr()
+    assert runner.main(["run", "--chapters", "01", "--no-html", "--force"]) == 2
+    assert "cannot replace" in capsys.readouterr().err
+    assert len(calls) == 2
+    assert {p: p.read_bytes() for p in (nb, rec)} == before
+    assert _files(tmp_path / "book") == listing
+
+
+def test_a_read_only_book_is_refused_before_the_chapter_runs(tmp_path, monkeypatch, capsys):
+    """Item 7: a read-only book/ gave a raw shutil.move traceback after the whole chapter ran.
+    Simulated (the tests may run as root, who can write a chmod-ed folder): every way of creating
+    or replacing a file under book/ fails with EROFS."""
+    import errno
+    import shutil
+
+    calls, nb, rec = _published_book(tmp_path, monkeypatch)
+    book = tmp_path / "book"
+
+    def read_only(real):
+        def call(*args, **kwargs):
+            if any(isinstance(a, (str, Path)) and Path(a).is_relative_to(book) for a in args[:2]):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]))
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("open", "rename", "replace", "link", "mkdir"):
+        monkeypatch.setattr(os, name, read_only(getattr(os, name)))
+    monkeypatch.setattr(shutil, "copyfile", read_only(shutil.copyfile))
+    capsys.readouterr()
+    assert runner.main(["run", "--chapters", "01", "--no-html", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and str(book) in err and "nothing was run" in err, err
+    assert len(calls) == 1  # only the first, publishing run
+
+
+def test_a_corrupt_executed_notebook_is_named_and_executed_again(tmp_path, monkeypatch, capsys):
+    """Item 8: ``truncate -s 20000 book/03_….ipynb`` made `list` and `run` crash with NotJSONError
+    naming no file."""
+    calls, nb, rec = _published_book(tmp_path, monkeypatch)
+    nb.write_bytes(nb.read_bytes()[:40])
+    ((_, profile, state),) = runner.listing()
+    assert (
+        state.startswith("unreadable: ") and str(nb) in state and "not a readable notebook" in state
+    )
+    capsys.readouterr()
+    assert runner.main(["list"]) == 0
+    assert str(nb) in capsys.readouterr().out
+    assert runner.main(["run", "--chapters", "01", "--no-html"]) == 0  # no --force
+    assert "executing the chapter again" in capsys.readouterr().out
+    assert len(calls) == 2 and [s for _, _, s in runner.listing()] == ["current"]
+
+
+def test_an_unreadable_record_is_not_current_and_is_executed_again(tmp_path, monkeypatch, capsys):
+    """Item 14: `list` called a chapter "current" when its record could not be read."""
+    calls, nb, rec = _published_book(tmp_path, monkeypatch)
+    for content in ("{truncated", "[1, 2]", '{"metrics": {"acc": NaN}}'):
+        rec.write_text(content)
+        ((_, _, state),) = runner.listing()
+        assert state.startswith("unreadable: ") and str(rec) in state, state
+    assert runner.main(["run", "--chapters", "01", "--no-html"]) == 0
+    assert len(calls) == 2 and json.loads(rec.read_text())["seeds"] == [2]
+    assert [s for _, _, s in runner.listing()] == ["current"]
+
+
+def test_a_directory_where_a_record_or_notebook_belongs_is_named(tmp_path, monkeypatch, capsys):
+    """Item 9: a directory ``book/results/08_dir.json`` made `list` and `run` crash with
+    IsADirectoryError (the scorecard chapter reads every record)."""
+    _recording_book(tmp_path, monkeypatch)
+    calls = _fake_papermill(monkeypatch)
+    _one_chapter(tmp_path / "notebooks", "02_reader", "pass", reads_records=True)
+    assert runner.main(["run", "--chapters", "01", "02", "--no-html"]) == 0
+    stray = tmp_path / "book" / "results" / "08_dir.json"
+    stray.mkdir()
+    states = {src.stem: state for src, _, state in runner.listing()}
+    assert states["01_record"] == "current"
+    assert states["02_reader"].startswith("unreadable: ") and str(stray) in states["02_reader"]
+    capsys.readouterr()
+    assert runner.main(["list"]) == 0
+    assert str(stray) in capsys.readouterr().out
+    assert runner.main(["run", "--chapters", "01", "02", "--no-html", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert str(stray) in err and "nothing was run" in err, err
+    assert len(calls) == 2
+    stray.rmdir()
+    (tmp_path / "book" / "01_record.ipynb").unlink()
+    (tmp_path / "book" / "01_record.ipynb").mkdir()  # a directory where a notebook belongs
+    assert runner.main(["run", "--chapters", "01", "--no-html"]) == 2
+    assert "01_record.ipynb is a directory" in capsys.readouterr().err and len(calls) == 2
+    ((_, _, state), _) = runner.listing()
+    assert state.startswith("unreadable: ") and "01_record.ipynb is a directory" in state
+
+
+def test_a_cache_path_that_is_a_file_is_named_by_run_and_sweep(tmp_path, monkeypatch, capsys):
+    """Item 10: ``SHORTCUT_BOOK_DATA`` pointing at a regular file: `run` named it, `sweep` printed a
+    traceback. Both now stop with one line, before anything runs."""
+    _recording_book(tmp_path, monkeypatch)
+    calls = _fake_papermill(monkeypatch)
+    not_a_folder = tmp_path / "data.bin"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(not_a_folder))
+    capsys.readouterr()
+    for argv in (
+        ["run", "--chapters", "01", "--no-html"],
+        ["sweep", "--chapters", "05", "--profile", "smoke"],
+    ):
+        assert runner.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: $SHORTCUT_BOOK_DATA") and str(not_a_folder) in err, err
+        assert "is not a directory" in err and "Traceback" not in err
+    assert calls == []
+
+
+def test_a_relative_cache_path_is_resolved_against_the_callers_directory(tmp_path, monkeypatch):
+    """Item 13: ``SHORTCUT_BOOK_DATA=relcache`` was read by the kernel in notebooks/, which then
+    rebuilt MNIST and retrained into notebooks/relcache/."""
+    _recording_book(tmp_path, monkeypatch)
+    calls = _fake_papermill(monkeypatch)
+    caller = tmp_path / "caller"
+    (caller / "relcache").mkdir(parents=True)
+    monkeypatch.chdir(caller)
+    monkeypatch.setenv("SHORTCUT_BOOK_DATA", "relcache")
+    assert runner.main(["run", "--chapters", "01", "--no-html"]) == 0
+    assert calls[0]["data"] == str(caller / "relcache")
+    assert calls[0]["cwd"] == str(runner.NOTEBOOKS)  # the kernel's directory is not the caller's

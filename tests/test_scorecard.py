@@ -242,3 +242,17 @@ def test_the_runner_rehashes_the_scorecard_when_a_record_changes(tmp_path, monke
     after = runner.source_hash(scorecard, params), runner.source_hash(other, params)
     assert after[0] != before[0]  # the scorecard reads the records
     assert after[1] == before[1]  # a training chapter does not
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_metric_is_a_record_error_naming_file_and_key(tmp_path, bad):
+    """Issue 29, item 12: a NaN ReBias accuracy showed as missing and the row still said "differs
+    at quick scale"."""
+    rec = record("05_rebias", table={"ReBias": {"0.99": {"mean": bad}, "0.999": {"mean": 0.2}}})
+    path = write(tmp_path, rec)  # json.dumps writes NaN / Infinity, which json.loads accepts
+    with pytest.raises(S.RecordError) as err:
+        S.load_records(tmp_path)
+    assert str(path) in str(err.value)
+    assert "metrics.table.ReBias.0.99.mean" in str(err.value) and "not a finite number" in str(
+        err.value
+    )

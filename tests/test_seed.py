@@ -63,3 +63,13 @@ def test_no_seed_is_derived_by_arithmetic():
         if arithmetic.search(line.split("#")[0]) and "``" not in line
     ]
     assert found == []
+
+
+def test_a_seed_beyond_64_bits_is_refused_by_name():
+    """Issue 29, item 4: 2**64 used to fail in torch with "Overflow when unpacking long long"."""
+    with pytest.raises(ValueError, match=r"seed must be <= 2\*\*64 - 1"):
+        seed_everything(2**64)
+    with pytest.raises(ValueError, match=r"seed must be <= 2\*\*64 - 1"):
+        derive_seed(2**64, "x")
+    seed_everything(2**64 - 1)  # the largest seed torch takes still works
+    seed_everything(0)

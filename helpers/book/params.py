@@ -20,12 +20,19 @@ validates its actual values again in its first code cell (so a papermill run wit
 all images; every data builder needs at least one image per class, hence ``min: 10``); ``sweep:
 true`` marks a list the chapter iterates over (left out of cache keys, which carry each cell's own
 value).
+
+Bounds are required, so that no value can make a chapter loop or overflow before it fails: every
+``int`` rule (and every list of ints) has a ``max`` or ``choices``, every ``list`` and ``dict`` a
+``max_len``; a ``float`` is always finite (NaN and ±inf are refused, whatever its range). Schema
+files are plain YAML without anchors or aliases (an alias "bomb" cannot expand), and a schema that
+lacks a bound is itself an error naming the file and the parameter.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,10 @@ RULE_KEYS = {
 }
 
 
+# rules that must bound a type: one of these keys is required
+BOUNDS = {"int": ("max", "choices"), "list": ("max_len",), "dict": ("max_len",)}
+
+
 class ParameterError(ValueError):
     """An invalid chapter parameter; the message names it."""
 
@@ -70,11 +81,37 @@ def swept(chapter: str, profile_dir: Path | None = None) -> set[str]:
     }
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases: a few lines of nested aliases expand into
+    billions of nodes (the "billion laughs"), and no parameter file needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed here", event.start_mark
+            )
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML anchors (&name) are not allowed here", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml_without_aliases(text: str, path: str | Path = "<string>"):
+    """Parse ``text`` as YAML, refusing anchors and aliases; errors name ``path``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 def load_spec(chapter: str, profile_dir: Path | None = None) -> dict:
     path = Path(profile_dir or PROFILE_DIR) / f"{chapter}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no parameter schema for chapter '{chapter}' at {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = load_yaml_without_aliases(path.read_text(), path) or {}
     params = dict(spec.get("parameters") or {})
     for name, rule in params.items():
         unknown = set(rule) - RULE_KEYS
@@ -83,7 +120,26 @@ def load_spec(chapter: str, profile_dir: Path | None = None) -> dict:
                 f"{path}: bad rule for '{name}' (type must be one of {sorted(TYPES)}, keys among "
                 f"{sorted(RULE_KEYS)})"
             )
+        kinds = [rule["type"]] + ([rule["item"]] if rule["type"] == "list" else [])
+        for kind in kinds:
+            if kind in BOUNDS and not any(key in rule for key in BOUNDS[kind]):
+                raise ValueError(
+                    f"{path}: the rule for '{name}' needs {' or '.join(BOUNDS[kind])} (every "
+                    f"{kind} parameter is bounded)"
+                )
     return {"parameters": params, "profiles": spec.get("profiles") or {}}
+
+
+def _finite(chapter: str, label: str, value: Any) -> None:
+    """Refuse NaN and ±inf anywhere in ``value`` (a float, or floats inside lists and dicts)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(chapter, label, f"must be a finite number, got {value!r}")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _finite(chapter, f"{label}[{key!r}]", item)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _finite(chapter, f"{label}[{i}]", item)
 
 
 def _check_scalar(
@@ -99,6 +155,7 @@ def _check_scalar(
         raise ParameterError(
             chapter, label, f"must be of type {type_name}, got {type(value).__name__} {value!r}"
         )
+    _finite(chapter, label, value)  # NaN passes every comparison below
     if "choices" in rule and value not in rule["choices"]:
         raise ParameterError(chapter, label, f"must be one of {rule['choices']}, got {value!r}")
     if "min" in rule and rule.get("min_exclusive") and value <= rule["min"]:
@@ -130,8 +187,17 @@ def check_value(chapter: str, name: str, value: Any, rule: Mapping) -> Any:
             )
         item = rule.get("item")
         if item is None:
+            _finite(chapter, name, value)
             return list(value)
         return [_check_scalar(chapter, name, v, item, rule, f"[{i}]") for i, v in enumerate(value)]
+    if (
+        rule["type"] == "dict"
+        and isinstance(value, Mapping)
+        and len(value) > rule.get("max_len", len(value))
+    ):
+        raise ParameterError(
+            chapter, name, f"takes at most {rule['max_len']} entries, got {len(value)}"
+        )
     return _check_scalar(chapter, name, value, rule["type"], rule)
 
 

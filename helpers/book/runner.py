@@ -16,12 +16,22 @@ the partial notebook in ``build/failed/``. A chapter runs in
 ``build/running/<chapter>-<pid>-<random>/``; Ctrl-C prints one line naming the chapter and removes
 that folder (book/ is unchanged), and folders left by a killed runner are removed when the next one
 starts.
+
+Publishing is all or nothing: before any chapter runs, the runner checks that every target folder in
+``book/`` can be written (and that no directory sits where a file belongs). After a chapter ran, its
+record and notebook are first copied into temporary files beside their targets (same file system:
+a full disk stops here, and book/ is unchanged), then renamed over them, record first; if a rename
+fails, the file already replaced gets its previous content back. An executed copy or record that
+cannot be read is reported by ``list`` (naming the file) and re-executed by ``run``. A relative
+``$SHORTCUT_BOOK_DATA`` is resolved once against the caller's directory and passed on as an
+absolute path (the kernels run in ``notebooks/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,7 +49,15 @@ from helpers.book.closure import code_hash
 from helpers.book.layout import APPENDIX_PROFILE, MAIN_PROFILE, profile_folder
 from helpers.book.params import PROFILES, ParameterError, profile_values
 from helpers.book.scorecard import record_files
-from helpers.cache import REPO_ROOT, pid_alive, shown_path
+from helpers.cache import (
+    ENV_VAR,
+    REPO_ROOT,
+    CacheError,
+    cache_root,
+    clean_stale_temp_files,
+    pid_alive,
+    shown_path,
+)
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 BOOK = REPO_ROOT / "book"
@@ -53,6 +71,11 @@ KERNEL = "python3"
 
 class ChapterFailed(RuntimeError):
     pass
+
+
+class BookError(RuntimeError):
+    """book/ cannot take a chapter's copy, or holds something where a file belongs; the message
+    names the path."""
 
 
 def clean_stale_runs() -> list[Path]:
@@ -97,7 +120,7 @@ def source_hash(src: Path, params: dict) -> str:
     if nb.metadata.get(META_KEY, {}).get("reads_records"):
         for record in record_files(RESULTS):  # quick and full, never its own
             h.update(record.relative_to(RESULTS).as_posix().encode())
-            h.update(record.read_bytes())
+            h.update(_read_bytes(record, "a run record"))
     return h.hexdigest()
 
 
@@ -112,10 +135,63 @@ def results_path(stem: str, profile: str = MAIN_PROFILE) -> Path:
     return profile_folder(RESULTS, profile) / f"{stem}.json"
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; a directory or an unreadable file there is a :class:`BookError`."""
+    if path.is_dir():
+        raise BookError(f"{shown_path(path)} is a directory where {what} belongs: remove it")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BookError(f"{shown_path(path)}: cannot read {what} ({exc.strerror or exc})") from None
+
+
 def stored_hash(path: Path) -> str | None:
+    """The source hash stored in an executed copy; None when there is none or it cannot be read
+    (:func:`copy_problem` says why)."""
     if not path.is_file():
         return None
-    return nbformat.read(path, as_version=4).metadata.get(META_KEY, {}).get("hash")
+    try:
+        return nbformat.read(path, as_version=4).metadata.get(META_KEY, {}).get("hash")
+    except Exception:  # noqa: BLE001 - truncated or foreign files: the copy is stale, not the run's end
+        return None
+
+
+def copy_problem(src: Path, profile: str) -> str | None:
+    """Why the published notebook and record of ``src`` at ``profile`` cannot be trusted (named,
+    with the file), or None: a directory where a file belongs, a notebook that is not one, a record
+    that is not a JSON object with finite numbers."""
+    out, record = executed_path(src, profile), results_path(src.stem, profile)
+    for path, what in ((out, "an executed notebook"), (record, "a run record")):
+        if path.is_dir():
+            return f"{shown_path(path)} is a directory where {what} belongs"
+    if out.is_file():
+        try:
+            nbformat.read(out, as_version=4)
+        except Exception as exc:  # noqa: BLE001 - NotJSONError, validation errors, OSError, ...
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            return f"{shown_path(out)} is not a readable notebook ({type(exc).__name__}: {reason})"
+    if record.is_file():
+        problem = record_problem(record)
+        if problem:
+            return problem
+    return None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+def record_problem(path: Path) -> str | None:
+    """Why the run record at ``path`` cannot be read, naming it; None for a readable record (a JSON
+    object without NaN or infinities)."""
+    try:
+        record = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        return f"{shown_path(path)} is not a readable run record ({type(exc).__name__}: {reason})"
+    if not isinstance(record, dict):
+        return f"{shown_path(path)} is not a run record (a JSON {type(record).__name__})"
+    return None
 
 
 def without_machine_paths(nb: nbformat.NotebookNode, src: Path, out: Path) -> None:
@@ -197,7 +273,10 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
     params = profile_values(src.stem, profile)
     digest = source_hash(src, params)
     out, record_out = executed_path(src, profile), results_path(src.stem, profile)
-    if not force and stored_hash(out) == digest and record_out.is_file():
+    problem = copy_problem(src, profile)
+    if problem:
+        print(f"{problem}: executing the chapter again", flush=True)
+    elif not force and stored_hash(out) == digest and record_out.is_file():
         return "skipped"
     RUNNING.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{src.stem}-{os.getpid()}-", dir=RUNNING) as tmp:
@@ -237,11 +316,135 @@ def execute(src: Path, profile: str, *, force: bool = False) -> str:
                 "run.finish(metrics=..., seeds=...)"
             )
         _finalise(tmp_nb, digest, profile, src, out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        record_out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(record), record_out)
-        shutil.move(str(tmp_nb), out)
+        # the record first: a runner killed between the two renames leaves the old notebook, whose
+        # hash makes the next run execute the chapter again
+        publish([(record, record_out), (tmp_nb, out)])
     return "executed"
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _stage(source: Path, target: Path) -> Path:
+    """A complete copy of ``source`` in a temporary file beside ``target`` (same file system),
+    fsynced, with the usual umask-based mode; removed again if anything fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(target.parent)  # what a runner killed while publishing left
+    fd, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=f".{os.getpid()}.tmp"
+    )
+    tmp = Path(name)
+    try:
+        os.close(fd)
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def publish(files: list[tuple[Path, Path]]) -> None:
+    """Put every ``(source, target)`` in place, all of them or none.
+
+    Each source is first copied beside its target (a full disk fails here, with every target
+    unchanged); then the copies are renamed over the targets in order. A failed rename puts back the
+    targets already replaced (their previous content was kept as a hard link, or a renamed file
+    where the file system has no hard links) and removes the new files that had no predecessor.
+    Errors are :class:`BookError` naming the target."""
+    for _, target in files:
+        if target.is_dir():
+            raise BookError(f"{shown_path(target)} is a directory where a file belongs: remove it")
+    staged: list[tuple[Path, Path]] = []
+    target = files[0][1]
+    try:
+        for source, target in files:
+            staged.append((_stage(source, target), target))
+    except OSError as exc:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise BookError(
+            f"cannot write {shown_path(target)}: {exc.strerror or exc}; book/ is unchanged"
+        ) from None
+    done: list[tuple[Path, Path | None]] = []  # (target, its previous content)
+    try:
+        for tmp, target in staged:
+            backup = None
+            if target.exists():
+                backup = target.with_name(f".{target.name}.old.{os.getpid()}.tmp")
+                backup.unlink(missing_ok=True)
+                try:
+                    os.link(target, backup)
+                except OSError:
+                    os.rename(target, backup)
+            done.append((target, backup))
+            os.replace(tmp, target)
+    except OSError as exc:
+        for put, backup in reversed(done):
+            if backup is None:
+                put.unlink(missing_ok=True)
+            elif put.exists() and os.path.samefile(put, backup):
+                backup.unlink()  # not replaced yet (rename() between two links does nothing)
+            else:
+                os.replace(backup, put)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise BookError(
+            f"cannot replace {shown_path(target)}: {exc.strerror or exc}; book/ is unchanged"
+        ) from None
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def check_writable(srcs: list[Path], profile: str) -> None:
+    """Before anything runs, leaving nothing behind: every folder that will receive a
+    chapter's notebook or record (or, while it does not exist, its nearest existing parent) takes a
+    file, and no directory sits where one of those files belongs.
+    A :class:`BookError` names the path."""
+    for src in srcs:
+        for target in (executed_path(src, profile), results_path(src.stem, profile)):
+            if target.is_dir():
+                raise BookError(
+                    f"{shown_path(target)} is a directory where a file belongs: remove it; "
+                    "nothing was run"
+                )
+            folder = target.parent
+            while not folder.exists() and folder != folder.parent:
+                folder = folder.parent  # creating the folder is publishing's job, not the check's
+            try:
+                if not folder.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+                fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as exc:
+                raise BookError(
+                    f"cannot write to {shown_path(folder)} ({exc.strerror or exc}); nothing was run"
+                ) from None
+        if nbformat.read(src, as_version=4).metadata.get(META_KEY, {}).get("reads_records"):
+            for record in record_files(RESULTS):
+                if not record.is_file():
+                    raise BookError(
+                        f"{shown_path(record)} is not a file where a run record belongs (chapter "
+                        f"{src.stem} reads every record): remove it; nothing was run"
+                    )
+
+
+def resolve_data_env() -> None:
+    """Make a relative ``$SHORTCUT_BOOK_DATA`` absolute against this process's working directory,
+    once, so that the kernels (which run in notebooks/) and the workers use the same folder; and
+    refuse one that is not a directory (:class:`CacheError` names it)."""
+    value = os.environ.get(ENV_VAR)
+    if not value:
+        return
+    os.environ[ENV_VAR] = os.path.abspath(os.path.expanduser(value))
+    cache_root()
 
 
 def prepare(profile: str, out_dir: Path, selection: list[str] | None = None) -> list[Path]:
@@ -400,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
 
     current = None  # the chapter being executed, for the message on Ctrl-C
     try:
+        if args.command in ("run", "sweep"):
+            resolve_data_env()
         if args.command == "prepare":
             for path in prepare(args.profile, args.out, args.chapters):
                 print(f"prepared {path}")
@@ -416,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         srcs = chapters(args.chapters)
         _validate_all(srcs, args.profile)
+        check_writable(srcs, args.profile)
         if not args.no_html:
             book_config()  # a malformed repository address stops the run before any chapter
         clean_stale_runs()
@@ -436,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_html:
             print(f"HTML in {build_html()}")
         return 0
-    except (ParameterError, FileNotFoundError, RepositoryError) as exc:
+    except (ParameterError, FileNotFoundError, RepositoryError, BookError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ChapterFailed as exc:
@@ -453,12 +659,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def state_of(src: Path, profile: str) -> str:
-    """'current', 'stale' or 'missing' for ``profile``'s executed copy of ``src``."""
+    """'current', 'stale' or 'missing' for ``profile``'s executed copy of ``src``; 'unreadable:
+    <why, naming the file>' when the notebook or the record cannot be read, or the chapter's inputs
+    cannot (a directory where a record belongs)."""
+    problem = copy_problem(src, profile)
+    if problem:
+        return f"unreadable: {problem}"
     path = executed_path(src, profile)
     if not path.is_file() or not results_path(src.stem, profile).is_file():
         return "missing"
-    current = stored_hash(path) == source_hash(src, profile_values(src.stem, profile))
-    return "current" if current else "stale"
+    try:
+        digest = source_hash(src, profile_values(src.stem, profile))
+    except BookError as exc:
+        return f"unreadable: {exc}"
+    return "current" if stored_hash(path) == digest else "stale"
 
 
 def listing() -> list[tuple[Path, str, str]]:
@@ -467,7 +681,7 @@ def listing() -> list[tuple[Path, str, str]]:
     rows = []
     for src in chapters():
         for profile in PROFILES:
-            if profile == MAIN_PROFILE or executed_path(src, profile).is_file():
+            if profile == MAIN_PROFILE or executed_path(src, profile).exists():
                 rows.append((src, profile, state_of(src, profile)))
     return rows
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+<<<<<<< HEAD
 import statistics
+=======
+>>>>>>> issue29
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,7 +399,21 @@ def load_record(path: Path) -> dict[str, Any]:
             raise RecordError(f"{path}: {key!r} has the wrong type ({type(record[key]).__name__})")
     if record["chapter"] != Path(path).stem:
         raise RecordError(f"{path}: the record is of chapter {record['chapter']!r}")
+    _check_finite(record["metrics"], path, "metrics")
     return record
+
+
+def _check_finite(value: Any, path: Path, key: str) -> None:
+    """A NaN or infinity in a record (JSON admits them; the chapters write null) is an error naming
+    the file and the key, not a number to show as missing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordError(f"{path}: {key} is {value!r}, not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, path, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, path, f"{key}[{i}]")
 
 
 def record_files(results: Path = RESULTS) -> list[Path]:

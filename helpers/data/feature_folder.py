@@ -41,6 +41,10 @@ from helpers.cache import atomic_write_text, file_digest
 from helpers.seed import generator
 
 SPLITS = ("train", "val", "test")
+# chapter 06 projects the features onto two principal components (torch.pca_lowrank(q=2))
+MIN_DIM = 2
+# the label chapter 06 and its record give the built-in (offline MNIST) features
+OFFLINE_SOURCE = "offline-mnist"
 CHECKSUMS = "checksums.json"
 META = "meta.json"
 GROUP_NAMES = ("(y=0, b=0)", "(y=0, b=1)", "(y=1, b=0)", "(y=1, b=1)")
@@ -213,6 +217,11 @@ def validate_splits(
     if missing:
         raise FeatureFolderError(f"{folder}: splits {missing} are missing")
     dim = splits["train"].dim
+    if dim < MIN_DIM:
+        raise FeatureFolderError(
+            f"{folder / 'train_feats.npy'} has D = {dim} feature(s); at least {MIN_DIM} are needed "
+            "(chapter 06 projects the features onto two principal components)"
+        )
     for split in SPLITS:
         where = val_folder if split == "val" else folder
         s = splits[split]
@@ -260,6 +269,14 @@ def load_feature_folder(
     if verbose:
         print(describe(splits))
     return splits
+
+
+def source_name(path: str | os.PathLike) -> str:
+    """What a user's feature folder is called in chapter 06 and its run record: the folder's name,
+    marked as a user folder where that name is the built-in default's label (a folder named
+    ``offline-mnist`` must not pass for the offline MNIST features)."""
+    name = Path(path).expanduser().resolve().name
+    return f"{name} (user folder)" if name == OFFLINE_SOURCE else name
 
 
 def describe(splits: dict[str, FeatureSplit]) -> str:
@@ -448,6 +465,9 @@ __all__ = [
     "make_tiny_feature_folder",
     "check_replaceable",
     "content_digest",
+    "source_name",
+    "MIN_DIM",
+    "OFFLINE_SOURCE",
     "SPLITS",
     "GROUP_NAMES",
 ]
