@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-<<<<<<< HEAD
 import statistics
-=======
->>>>>>> issue29
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
