@@ -34,8 +34,9 @@ every pair) after a warm-up, and the medians over ``--repeats`` pairs are compar
   output and the JSON).
 
 The JSON records the ratio (reference median / book median: above 1, the book's step is faster),
-both medians, the CPU model, device, torch version, thread count, this repository's commit and the
-reference's commit.
+both medians, the CPU model, device, torch version, thread count, the machine's load average (on a
+shared machine the medians move with it; the A/B alternation keeps the ratio fairer), this
+repository's commit and the reference's commit.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import ast
 import hashlib
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -195,7 +197,7 @@ class ReferenceSide:
             self.model, self.optimizer, self.images, self.colours, self.labels, self.reg_params
         )
         sync(self.device)
-        return 1000 * (time.perf_counter() - t0), float(loss)
+        return 1000 * (time.perf_counter() - t0), float(loss.detach())
 
 
 def copy_weights(book: torch.nn.Module, ref: torch.nn.Module) -> None:
@@ -268,6 +270,7 @@ def main(argv=None) -> dict:
     if args.max_batches is not None and args.max_batches < 1:
         p.error("--max-batches must be >= 1")
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     device = pick_device(args.device)
     root = args.reference.resolve()
     reg, ref_models, measure = load_reference(root)
@@ -350,6 +353,7 @@ def main(argv=None) -> dict:
         "cpu_model": cpu_model(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "load_average_1_5_15_min": {"before": load_before, "after_steps": os.getloadavg()},
         "git_commit": git_commit(),
         "reference": {
             "repository": "zelsayed/Bias-Mitigation",
