@@ -1,24 +1,32 @@
-"""``python -m helpers.book sweep`` (issue 17): chapter 05's smoke grid fanned out and back in.
+"""``python -m helpers.book sweep`` (issues 17, 30): a chapter's grid fanned out and back in.
 
-The sweep trains every cell into a cache; the chapter executed on that cache then loads every cell
-and its metrics equal those of a plain sequential execution of the chapter."""
+The machinery (local worker processes, submitit's Slurm path, a failed cell, resuming) is tested on
+a toy grid of the same shape as chapter 05's (``tests/sweep_toy_grid.py``: a stage of candidates,
+then a stage that needs the chosen one), whose cells train in milliseconds, so what is timed is the
+machinery (mostly the start of worker processes). Chapter 05's own grid is tested where it meets
+the chapter: the sweep keys its cells as the chapter does, and a worker trains one bit for bit as
+the chapter's process would. (nbval executes the chapter itself at smoke.)"""
 
 import json
 import os
 import shutil
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 import torch
 import yaml
 
 from helpers.book import sweep as S
+from helpers.book.chapter import ChapterRun
 from helpers.book.runner import NOTEBOOKS
-from helpers.cache import ENV_VAR
+from helpers.cache import ENV_VAR, checkpoint_path
 from helpers.data.mnist import raw_dir
+from helpers.methods import rebias_grid as G
 
 CHAPTER = "05_rebias"
+TESTS = Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
@@ -43,87 +51,142 @@ def _use(monkeypatch, root: Path):
     monkeypatch.setenv("SHORTCUT_BOOK_RESULTS", str(root / "results"))
 
 
-def _execute_chapter(root: Path, out: Path) -> dict:
+def _chapters_run(out: Path) -> dict:
+    """What the chapter's ``start_chapter`` makes of its smoke profile (validated parameters, code
+    hash, device type): the notebook's cells up to that call, executed by papermill as the runner
+    executes the chapter, then one cell that writes them to ``out``."""
+    nb = nbformat.read(NOTEBOOKS / f"{CHAPTER}.ipynb", as_version=4)
+    last = next(
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and "= start_chapter(" in c.source
+    )
+    dump = (
+        f"Path({str(out)!r}).write_text(json.dumps("
+        '{"params": run.params, "code": run.code, "device": run.device.type}))'
+    )
+    nb.cells = nb.cells[: last + 1] + [
+        nbformat.v4.new_code_cell(f"import json\nfrom pathlib import Path\n\n{dump}")
+    ]
+    src = out.with_suffix(".ipynb")
+    nbformat.write(nb, src)
     params = yaml.safe_load((NOTEBOOKS / "profiles" / f"{CHAPTER}.yaml").read_text())
-    params = {**params["profiles"]["smoke"], "profile": "smoke"}
     pm.execute_notebook(
-        str(NOTEBOOKS / f"{CHAPTER}.ipynb"),
-        str(out),
-        parameters=params,
+        str(src),
+        str(src),
+        parameters={**params["profiles"]["smoke"], "profile": "smoke"},
         cwd=str(NOTEBOOKS),
         progress_bar=False,
         kernel_name="python3",
     )
-    return json.loads((root / "results" / f"{CHAPTER}.json").read_text())["metrics"]
+    return json.loads(out.read_text())
 
 
-def _flat(tree, prefix=""):
-    """Leaves of a metrics tree by path, without the cache counters."""
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            if k not in ("cells_loaded_from_cache", "cells_trained"):
-                out.update(_flat(v, f"{prefix}/{k}"))
-        return out
-    return {prefix: tree}
-
-
-def test_local_sweep_then_chapter_equals_sequential(cache, monkeypatch, tmp_path):
-    seq = cache("sequential")
-    _use(monkeypatch, seq)
-    sequential = _execute_chapter(seq, tmp_path / "seq.ipynb")
-    assert sequential["cells_trained"] > 0
-
-    swept = cache("swept")
-    _use(monkeypatch, swept)
+def test_the_sweep_keys_chapter_05s_cells_as_the_chapter_and_a_worker_trains_them_bit_for_bit(
+    cache, monkeypatch, tmp_path
+):
+    """The sweep's run of chapter 05 at smoke is the one the chapter makes (same parameters, code
+    hash and device type, hence the same key for every cell), and a cell trained in a worker
+    process has the weights and history of the same cell trained here: so the chapter executed on
+    a swept cache loads the cells it would have trained."""
     run = S.chapter_run(CHAPTER, "smoke")
-    executor = S.LocalExecutor(workers=2, threads=torch.get_num_threads())
-    summary = S.sweep(run, executor, log_dir=swept / "logs", progress=False)
-    # the chosen λ's selection cell reappears in stage 2 and is found in the cache there
-    assert not summary.failed and summary.ran > 0 and summary.ran + summary.cached == summary.cells
-    again = S.sweep(run, executor, log_dir=swept / "logs", progress=False)
-    assert again.ran == 0 and again.cached == again.cells == summary.cells  # nothing resubmitted
+    chapters = _chapters_run(tmp_path / "run.json")
+    assert chapters == {
+        "params": json.loads(json.dumps(run.params)),
+        "code": run.code,
+        "device": run.device.type,
+    }
 
-    after = _execute_chapter(swept, tmp_path / "after.ipynb")
-    assert after["cells_trained"] == 0 and after["cells_loaded_from_cache"] > 0
-    # with the sequential run's thread count the sums run in the same order: identical metrics
-    assert _flat(after) == _flat(sequential)
+    cell = {"method": "vanilla", "rho": run.params["rhos"][0], "seed": run.params["seed"]}
+    name, key = f"ch05_{cell['method']}", G.cell_config(run, lam=None, **cell)
+    _use(monkeypatch, cache("here"))
+    G.train_cell(run, **cell)
+    here = torch.load(checkpoint_path(name, key), weights_only=True)
+
+    _use(monkeypatch, cache("swept"))
+    monkeypatch.setattr(G, "stages", lambda r: [lambda r: [{**cell, "lam": None}]])
+    # with this process's thread count the sums run in the same order: identical weights
+    ex = S.LocalExecutor(workers=1, threads=torch.get_num_threads())
+    summary = S.sweep(run, ex, log_dir=tmp_path / "logs", progress=False)
+    assert not summary.failed and summary.ran == 1
+    swept = torch.load(checkpoint_path(name, key), weights_only=True)
+    assert here["state"].keys() == swept["state"].keys()
+    for net, state in here["state"].items():
+        assert all(torch.equal(t, swept["state"][net][n]) for n, t in state.items()), net
+    rows = lambda blob: [  # noqa: E731
+        {k: v for k, v in r.items() if k != "time_s"} for r in blob["extra"]["history"]["rows"]
+    ]
+    assert rows(swept) == rows(here)
 
 
-def test_slurm_path_through_submitits_local_executor(cache, monkeypatch):
+# ------------------------------------------------------------------------------ the toy grid
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Chapter ``toy`` = tests/sweep_toy_grid.py, an empty cache, and a maker of its runs."""
+    monkeypatch.setitem(S.GRIDS, "toy", "sweep_toy_grid")
+    monkeypatch.syspath_prepend(str(TESTS))  # worker processes start with this sys.path
+    # submitit's job processes start with this environment
+    path = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    _use(monkeypatch, tmp_path / "cache")
+
+    def make(values=(1.0, 2.0), seeds=(0, 1)):
+        params = {"device": "cpu", "values": list(values), "seeds": list(seeds), "steps": 3}
+        return ChapterRun("toy", params, torch.device("cpu"), "toy-code")
+
+    return make
+
+
+def toy_grid():
+    return S.grid_module("toy")
+
+
+def _every_cell_done(run) -> bool:
+    grid = S.grid_module(run.chapter)
+    return all(grid.is_done(run, c) for stage in grid.stages(run) for c in stage(run))
+
+
+def test_local_workers_run_every_stage_and_a_rerun_submits_nothing(toy, tmp_path, monkeypatch):
+    run = toy()
+    ex = S.LocalExecutor(workers=2, threads=1)
+    summary = S.sweep(run, ex, log_dir=tmp_path / "logs", progress=False)
+    # stage 1: 2 candidates; stage 2: the chosen one at 2 seeds, the first of them found in the
+    # cache (stage 1 trained it)
+    assert not summary.failed and (summary.cells, summary.ran, summary.cached) == (4, 3, 1)
+    assert _every_cell_done(run) and len(list((tmp_path / "logs").glob("*.log"))) == 3
+    again = S.sweep(run, ex, log_dir=tmp_path / "logs", progress=False)
+    assert again.ran == 0 and again.cached == again.cells == 4  # nothing resubmitted
+
+    # a worker trained what this process trains
+    cell = toy_grid().selection_cells(run.params)[0]
+    swept = toy_grid().train_cell(run, **cell)
+    _use(monkeypatch, tmp_path / "here")
+    here = toy_grid().train_cell(run, **cell)
+    assert swept["from_cache"] and not here["from_cache"] and swept["loss"] == here["loss"]
+
+
+def test_slurm_path_through_submitits_local_executor(toy, tmp_path):
     pytest.importorskip("submitit")
-    root = cache("slurm")
-    _use(monkeypatch, root)
-    run = S.chapter_run(CHAPTER, "smoke")
+    run = toy(values=(1.0,))  # each job is a new process: two jobs, one per stage
     ex = S.SlurmExecutor(
-        root / "submitit", cluster="local", partition=None, time_min=10, gpus=0, cpus=1
+        tmp_path / "submitit", cluster="local", partition=None, time_min=10, gpus=0, cpus=1
     )
-    summary = S.sweep(run, ex, log_dir=root / "logs", progress=False)
-    assert not summary.failed and summary.ran > 0 and summary.ran + summary.cached == summary.cells
-    grid = S.grid_module(CHAPTER)
-    assert all(grid.is_done(run, c) for stage in grid.stages(run) for c in stage(run))
+    summary = S.sweep(run, ex, log_dir=tmp_path / "logs", progress=False)
+    assert not summary.failed and (summary.cells, summary.ran, summary.cached) == (3, 2, 1)
+    assert _every_cell_done(run)
 
 
-def test_a_failed_cell_is_reported_the_others_land_and_a_rerun_submits_only_it(cache, monkeypatch):
-    root = cache("failing")
-    _use(monkeypatch, root)
-    run = S.chapter_run(CHAPTER, "smoke")
-    grid = S.grid_module(CHAPTER)
-    real_stages = grid.stages
-    bad = {"method": "rebias", "rho": 0.997, "seed": 0, "lam": -1.0}  # refused by the worker
-    monkeypatch.setattr(
-        grid, "stages", lambda r: [lambda r: grid.selection_cells(r.params) + [bad]]
-    )
-    ex = S.LocalExecutor(workers=2)
-    summary = S.sweep(run, ex, log_dir=root / "logs", progress=False)
+def test_a_failed_cell_is_reported_the_others_land_and_a_rerun_submits_only_it(toy, tmp_path):
+    ex = S.LocalExecutor(workers=1, threads=1)  # the failing cell does not stop its worker
+    summary = S.sweep(toy(values=(1.0, -1.0, 2.0)), ex, log_dir=tmp_path / "logs", progress=False)
     assert len(summary.failed) == 1 and summary.ran == 2  # the two good cells landed
+    assert summary.stopped_at_stage == 1  # stage 2 needs all of stage 1
     text = S.report(summary)
-    assert '"lam": -1.0' in text and "lambda_f must be a number >= 0" in text and "log:" in text
+    assert '"value": -1.0' in text and "value must be >= 0, got -1.0" in text and "log:" in text
 
-    monkeypatch.setattr(grid, "stages", real_stages)
-    rerun = S.sweep(run, ex, log_dir=root / "logs", progress=False)
-    assert not rerun.failed and rerun.cached >= 2  # the finished cells were kept, not rerun
-    assert rerun.ran == rerun.cells - rerun.cached and rerun.ran > 0
+    rerun = S.sweep(toy(), ex, log_dir=tmp_path / "logs", progress=False)
+    # the finished cells were kept, not rerun: only stage 2's second seed trains
+    assert not rerun.failed and (rerun.cells, rerun.cached, rerun.ran) == (4, 3, 1)
 
 
 def test_a_chapter_without_a_grid_and_a_missing_ray_are_clear_errors(capsys):

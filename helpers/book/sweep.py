@@ -98,7 +98,8 @@ def cell_id(cell: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------ one job
 def run_job(job: Mapping[str, Any]) -> dict:
     """Train one cell (in a worker process, a Slurm job or a Ray task) into the shared cache; its
-    output goes to ``job["log"]``. Returns the wall time; raises on failure."""
+    output goes to ``job["log"]``. Returns the wall time; raises on failure. The job names its grid
+    module (``job["grid"]``), so a worker needs no lookup in a registry it may not share."""
     os.environ[ENV_VAR] = job["cache"]
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
@@ -113,7 +114,7 @@ def run_job(job: Mapping[str, Any]) -> dict:
     with log.open("w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         print(f"cell {json.dumps(job['cell'])}", flush=True)
         try:
-            grid_module(job["chapter"]).run_cell(run, job["cell"])
+            importlib.import_module(job["grid"]).run_cell(run, job["cell"])
         except BaseException:
             traceback.print_exc()
             raise
@@ -251,6 +252,7 @@ def sweep(run: ChapterRun, executor, *, log_dir: Path, progress: bool = True) ->
         jobs = [
             {
                 "chapter": run.chapter,
+                "grid": GRIDS[run.chapter],
                 "params": run.params,
                 "code": run.code,
                 "cell": cell,
