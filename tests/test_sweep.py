@@ -21,7 +21,7 @@ import yaml
 from helpers.book import sweep as S
 from helpers.book.chapter import ChapterRun
 from helpers.book.runner import NOTEBOOKS
-from helpers.cache import ENV_VAR, checkpoint_path
+from helpers.cache import ENV_VAR, checkpoint_path, read_checkpoint
 from helpers.data.mnist import raw_dir
 from helpers.methods import rebias_grid as G
 
@@ -101,7 +101,7 @@ def test_the_sweep_keys_chapter_05s_cells_as_the_chapter_and_a_worker_trains_the
     name, key = f"ch05_{cell['method']}", G.cell_config(run, lam=None, **cell)
     _use(monkeypatch, cache("here"))
     G.train_cell(run, **cell)
-    here = torch.load(checkpoint_path(name, key), weights_only=True)
+    here = read_checkpoint(checkpoint_path(name, key))
 
     _use(monkeypatch, cache("swept"))
     monkeypatch.setattr(G, "stages", lambda r: [lambda r: [{**cell, "lam": None}]])
@@ -109,7 +109,7 @@ def test_the_sweep_keys_chapter_05s_cells_as_the_chapter_and_a_worker_trains_the
     ex = S.LocalExecutor(workers=1, threads=torch.get_num_threads())
     summary = S.sweep(run, ex, log_dir=tmp_path / "logs", progress=False)
     assert not summary.failed and summary.ran == 1
-    swept = torch.load(checkpoint_path(name, key), weights_only=True)
+    swept = read_checkpoint(checkpoint_path(name, key))
     assert here["state"].keys() == swept["state"].keys()
     for net, state in here["state"].items():
         assert all(torch.equal(t, swept["state"][net][n]) for n, t in state.items()), net
