@@ -99,9 +99,9 @@ def memory_format(
 
     channels_last on CUDA (cuDNN's bf16 convolutions want it). On CPU only for a network that opts
     in (class attribute ``cpu_channels_last``) on an AVX-512 CPU: chapter 02's Fisher step ran
-    1.82× faster in NHWC on an AVX-512 Xeon but 0.87× on an AVX2 EPYC
-    (``benchmarks/memory_format.py``), and the layout changes the float rounding, so it is decided
-    by the machine's instruction set, never by a timing taken at run time.
+    1.82× faster in NHWC on an AVX-512 Xeon and 0.97–1.0× (no gain) on an AVX2 EPYC
+    (``benchmarks/memory_format.py``). The layout changes the float rounding, so it is decided by
+    the machine's instruction set, never by a timing taken at run time.
     """
     device = torch.device(device)
     if device.type == "cuda":

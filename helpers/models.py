@@ -159,8 +159,8 @@ class FusionLeNet(nn.Module):
     logits only as ``W_c c``. No dropout, no BatchNorm."""
 
     # Trained in channels_last on AVX-512 CPUs: the Fisher step's convolutions (forward, input
-    # gradient and its double backward on 1,280 perturbed rows) run 1.82× faster there in oneDNN's
-    # NHWC kernels (helpers.device.memory_format).
+    # gradient and its double backward on 1,280 perturbed rows) ran 1.82× faster there in oneDNN's
+    # NHWC kernels, against no gain on AVX2 (helpers.device.memory_format).
     cpu_channels_last = True
 
     def __init__(self, colour_dim: int = 3, num_classes: int = 10):
