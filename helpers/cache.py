@@ -268,6 +268,23 @@ def load_checkpoint(path: Path, modules: Mapping[str, nn.Module]) -> dict | None
         return None
 
 
+# What every cached_run of this process did: one entry per network group, trained or loaded, with
+# the seconds its training took (for a loaded one: the original run's, when its checkpoint says).
+# A chapter's record sums it (helpers.book.chapter.ChapterRun.finish), so a re-execution from the
+# cache reports how long training took, not only how long the re-execution did.
+_LEDGER: list[dict] = []
+
+
+def training_ledger() -> list[dict]:
+    """Copies of this process's :func:`cached_run` entries: ``name``, ``from_cache`` and
+    ``train_seconds`` (None for a checkpoint saved before the time was recorded)."""
+    return [dict(e) for e in _LEDGER]
+
+
+def reset_training_ledger() -> None:
+    _LEDGER.clear()
+
+
 def cached_run(
     name: str,
     config: Mapping[str, Any],
@@ -280,15 +297,21 @@ def cached_run(
     """Load ``modules`` from the checkpoint for ``config`` or call ``train_fn()`` and save them.
 
     ``train_fn`` trains the modules in place and returns a dict of plain values (history rows,
-    selected epoch, …) that is stored with the weights and returned on every later call.
-    ``force=True`` retrains.
+    selected epoch, …) that is stored with the weights and returned on every later call, with
+    ``train_seconds`` (the wall time of ``train_fn``) added. ``force=True`` retrains. Each call is
+    noted in :func:`training_ledger`.
     """
     path = checkpoint_path(name, config, root)
     if not force and os.environ.get("SHORTCUT_BOOK_RETRAIN") != "1":
         extra = load_checkpoint(path, modules)
         if extra is not None:
-            print(f"loaded checkpoint {path.name} (delete it or pass force=True to retrain)")
+            _LEDGER.append(
+                {"name": name, "from_cache": True, "train_seconds": extra.get("train_seconds")}
+            )
             return {**extra, "from_cache": True}
+    started = time.perf_counter()
     extra = dict(train_fn())
+    extra["train_seconds"] = round(time.perf_counter() - started, 3)
     save_checkpoint(path, modules, extra, dict(config))
+    _LEDGER.append({"name": name, "from_cache": False, "train_seconds": extra["train_seconds"]})
     return {**extra, "from_cache": False}

@@ -11,6 +11,7 @@ LR schedules) is shared.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import os
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.cache import atomic_write_bytes, shown_path
+from helpers.cache import atomic_write_bytes, checkpoint_bytes, read_checkpoint, shown_path
 from helpers.device import autocast, full_precision, memory_format, prepare_model
 from helpers.metrics import accuracy
 from helpers.models import eval_mode
@@ -168,20 +169,25 @@ class EpochCheckpoint:
         }
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.path, buf.getvalue())
+        # the checkpoint format: checksum header and payload in one atomic rename
+        atomic_write_bytes(self.path, checkpoint_bytes(buf.getvalue()))
 
     def restore(self, history: History, gen: torch.Generator) -> int:
         """Load the saved state into the objects, ``history`` and ``gen``; return the last finished
-        epoch (0 when there is nothing to resume)."""
+        epoch (0 when there is nothing to resume). A state that fails to load leaves every object
+        as it was, so training starts over exactly as without the file."""
         if not self.path.is_file():
             return 0
+        before = {k: copy.deepcopy(o.state_dict()) for k, o in self.objects.items()}
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            state = read_checkpoint(self.path)
             if set(state["objects"]) != set(self.objects):
                 raise ValueError(f"it holds {sorted(state['objects'])}")
             for k, o in self.objects.items():
                 o.load_state_dict(state["objects"][k])
         except Exception as err:  # noqa: BLE001 - any unreadable state: train from the start
+            for k, o in self.objects.items():
+                o.load_state_dict(before[k])
             print(f"cannot resume from {shown_path(self.path)} ({err}); training from epoch 1")
             return 0
         history.rows[:] = [dict(r) for r in state["history"]["rows"]]

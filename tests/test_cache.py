@@ -3,6 +3,7 @@
 import errno
 import io
 import os
+import time
 
 import pytest
 import torch
@@ -317,3 +318,25 @@ def test_a_cache_root_that_is_a_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(not_a_folder))
     with pytest.raises(CacheError, match=r"\$SHORTCUT_BOOK_DATA .*data.txt\) is not a directory"):
         cache_root()
+
+
+def test_the_ledger_times_training_and_keeps_the_time_with_the_checkpoint(tmp_path):
+    from helpers.book.chapter import training_summary
+    from helpers.cache import cached_run, reset_training_ledger, training_ledger
+
+    reset_training_ledger()
+    net = nn.Linear(2, 2)
+
+    def train():
+        time.sleep(0.05)
+        return {"note": 1}
+
+    first = cached_run("t", {"a": 1}, {"net": net}, train, root=tmp_path)
+    second = cached_run("t", {"a": 1}, {"net": net}, train, root=tmp_path)
+    assert not first["from_cache"] and second["from_cache"]
+    assert first["train_seconds"] >= 0.05
+    assert second["train_seconds"] == first["train_seconds"]  # the original run's time
+    summary = training_summary(training_ledger())
+    assert summary["networks_trained"] == 1 and summary["networks_loaded"] == 1
+    assert summary["train_time_s"] == round(first["train_seconds"], 1)
+    assert summary["loaded_original_train_time_s"] == round(first["train_seconds"], 1)

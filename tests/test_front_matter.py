@@ -55,3 +55,20 @@ def test_the_table_lists_every_numbered_chapter_of_the_toc():
     assert len(table.splitlines()) == len(stems) + 2
     for stem in stems:
         assert f"({stem}.ipynb)" in table
+
+
+def test_a_record_that_counts_training_names_the_loaded_networks_time(tmp_path):
+    _chapter(tmp_path, "09_test", "quick", 61.0, "cpu (2 threads)")
+    path = tmp_path / "book" / "results" / "09_test.json"
+    record = json.loads(path.read_text())
+    record["training"] = {
+        "networks_trained": 0,
+        "train_time_s": 0.0,
+        "networks_loaded": 4,
+        "loaded_original_train_time_s": 620.0,
+    }
+    path.write_text(json.dumps(record))
+    row = fm.runtime_rows(tmp_path, ["09_test"])[0]
+    assert row[1] == (
+        "61 s, cpu (2 threads); 4 trained networks loaded from the cache (their training: 10 min)"
+    )

@@ -10,6 +10,7 @@ from helpers.tensordata import TensorData
 from helpers.train import (
     EarlyStopping,
     EpochCheckpoint,
+    History,
     KeepBest,
     class_balanced,
     fit,
@@ -236,3 +237,31 @@ def test_an_unreadable_resume_state_trains_from_the_start(tmp_path, capsys):
     again, h_again, _ = _resumable_run(tmp_path / "bad.pt", epochs=3)
     assert "cannot resume from" in capsys.readouterr().out
     assert [r["loss"] for r in h_again.rows] == [r["loss"] for r in h_whole.rows]
+
+
+def test_a_resume_state_with_a_bad_checksum_is_not_loaded(tmp_path, capsys):
+    with contextlib.suppress(_CutOff):
+        _resumable_run(tmp_path / "b.pt", epochs=4, cut_after=2)
+    data = bytearray((tmp_path / "b.pt").read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte in the payload
+    (tmp_path / "b.pt").write_bytes(bytes(data))
+    whole, h_whole, _ = _resumable_run(tmp_path / "a.pt", epochs=4)
+    again, h_again, _ = _resumable_run(tmp_path / "b.pt", epochs=4)
+    assert "checksum mismatch" in capsys.readouterr().out
+    assert [r["loss"] for r in h_again.rows] == [r["loss"] for r in h_whole.rows]
+
+
+def test_a_state_that_fails_half_way_leaves_every_object_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    model, other = nn.Linear(3, 2), nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver = EpochCheckpoint(tmp_path / "s.pt", {"a": model, "b": opt})
+    saver.save(1, History(), torch.Generator())
+    # the same names, but "b" is now a network: "a" loads, then "b" fails
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    nn.init.constant_(model.weight, 5.0)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = EpochCheckpoint(tmp_path / "s.pt", {"a": model, "b": other})
+    assert loader.restore(History(), torch.Generator()) == 0
+    assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())

@@ -32,7 +32,13 @@ import torch
 
 from helpers.book.closure import training_code_hash
 from helpers.book.params import parameters_from_namespace, swept
-from helpers.cache import REPO_ROOT, atomic_write_text, cache_root
+from helpers.cache import (
+    REPO_ROOT,
+    atomic_write_text,
+    cache_root,
+    reset_training_ledger,
+    training_ledger,
+)
 from helpers.device import describe, deterministic_cublas, pick_device
 from helpers.hardware import cpu_model
 from helpers.plots import use_book_style
@@ -55,6 +61,37 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha or "unknown") + ("-dirty" if sha and dirty else "")
+
+
+def training_summary(ledger: list[dict]) -> dict:
+    """How much of the chapter's time was training: the networks trained in this execution and
+    their seconds, the networks loaded from the checkpoint cache and the seconds their original
+    training took (``None`` when a loaded checkpoint predates that record)."""
+    trained = [e for e in ledger if not e["from_cache"]]
+    loaded = [e for e in ledger if e["from_cache"]]
+    loaded_times = [e["train_seconds"] for e in loaded]
+    return {
+        "networks_trained": len(trained),
+        "train_time_s": round(sum(e["train_seconds"] for e in trained), 1),
+        "networks_loaded": len(loaded),
+        "loaded_original_train_time_s": (
+            round(sum(loaded_times), 1) if all(t is not None for t in loaded_times) else None
+        ),
+    }
+
+
+def describe_training(summary: Mapping[str, Any]) -> str:
+    """One line for the reader: trained now, loaded from the cache, and what each cost."""
+    parts = []
+    if summary["networks_trained"]:
+        parts.append(
+            f"{summary['networks_trained']} trained in this run ({summary['train_time_s']:.0f} s)"
+        )
+    if summary["networks_loaded"]:
+        original = summary["loaded_original_train_time_s"]
+        when = f"; their training took {original:.0f} s" if original is not None else ""
+        parts.append(f"{summary['networks_loaded']} loaded from the checkpoint cache{when}")
+    return "; ".join(parts) if parts else "nothing trained"
 
 
 def _jsonable(value: Any) -> Any:
@@ -120,6 +157,7 @@ class ChapterRun:
             "cpu": self.cpu,
             "seeds": list(seeds) if isinstance(seeds, (list, tuple)) else [seeds],
             "wall_time_s": round(time.perf_counter() - self.started, 1),
+            "training": training_summary(training_ledger()),
             "git_commit": git_commit(),
             "finished_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "torch": torch.__version__,
@@ -139,6 +177,7 @@ class ChapterRun:
             ("cpu", record["cpu"]),
             ("seeds", record["seeds"]),
             ("wall time", f"{record['wall_time_s']:.1f} s"),
+            ("networks", describe_training(record["training"])),
             ("git commit", record["git_commit"]),
             ("results file", path.name),
         ]:
@@ -154,6 +193,7 @@ def start_chapter(chapter: str, namespace: Mapping[str, Any]) -> ChapterRun:
     params = parameters_from_namespace(chapter, namespace)
     device = pick_device(params.get("device"))
     use_book_style()
+    reset_training_ledger()  # this execution's training only (a kernel may run a chapter twice)
     print(f"{chapter}: profile={params.get('profile', 'custom')}, device={describe(device)}")
     source = REPO_ROOT / "notebooks" / f"{chapter}.ipynb"
     code = training_code_hash(source) if source.is_file() else ""

@@ -26,7 +26,7 @@ from sphinx.util.docutils import SphinxDirective
 
 from helpers.book.layout import APPENDIX_PROFILE, MAIN_PROFILE, profile_folder
 
-# what helpers.cache.cached_run prints when it loads a network instead of training it
+# what helpers.cache.cached_run printed, before records counted it, when it loaded a network
 CACHED = "loaded checkpoint "
 GPU_DEVICES = ("cuda", "mps")
 _TITLE = re.compile(r"^#\s+(?:Chapter\s+\d+\s+[—–-]\s+)?(.+)$", re.MULTILINE)
@@ -77,8 +77,15 @@ def _cell(record: dict | None, notebook: Path) -> str:
     if record is None:
         return "not run yet"
     text = f"{duration(record['wall_time_s'])}, {record['device']}"
-    if loaded_from_cache(notebook):
-        text += "; trained networks loaded from the cache (training not timed)"
+    training = record.get("training")
+    if training is None:  # a record from before training was timed: read the executed copy
+        if loaded_from_cache(notebook):
+            text += "; trained networks loaded from the cache (training not timed)"
+    elif training["networks_loaded"]:
+        original = training["loaded_original_train_time_s"]
+        text += f"; {training['networks_loaded']} trained networks loaded from the cache" + (
+            f" (their training: {duration(original)})" if original is not None else ""
+        )
     return text
 
 
