@@ -218,3 +218,15 @@ def test_the_full_grid_is_the_papers_48_cells():
     )
     assert sorted({c["rho"] for c in cells}) == [0.99, 0.995, 0.997, 0.999]
     assert len({(c["method"], c["rho"], c["seed"]) for c in cells}) == 48
+
+
+def test_the_command_line_builds_a_local_executor_with_its_threads(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    S.add_arguments(parser)
+    args = parser.parse_args(["--chapters", "02", "--workers", "1", "--threads", "1"])
+    ex = S.make_executor(args, tmp_path)
+    assert (ex.workers, ex.threads) == (1, 1)
+    default = S.make_executor(parser.parse_args(["--chapters", "02", "--workers", "1"]), tmp_path)
+    assert default.threads >= 1

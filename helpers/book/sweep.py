@@ -321,6 +321,12 @@ def add_arguments(p) -> None:
         "--workers", type=int, default=None, help="local: processes (default: one per GPU, else 2)"
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="local: CPU threads per worker (default: the cores shared equally)",
+    )
+    p.add_argument(
         "--device", default=None, help="override the chapter's device (e.g. cuda for GPU nodes)"
     )
     p.add_argument("--partition", default=None, help="slurm: partition")
