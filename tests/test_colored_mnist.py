@@ -105,12 +105,14 @@ def test_sphere_palette_spreads_the_colours_inside_the_cube():
         cm.colour_table(0, "rainbow")
 
 
-def test_scale_multiplies_every_colour_vector_grey_included(mnist):
+def test_scale_multiplies_the_class_colours_and_leaves_grey_cue_free(mnist):
     base = cm.build_colored_mnist(seed=0, train_size=100, val_size=100, test_size=100)
     big = cm.build_colored_mnist(seed=0, scale=10.0, train_size=100, val_size=100, test_size=100)
     for name in base.sets:
-        assert torch.allclose(big[name].extras["colour"], 10 * base[name].extras["colour"])
+        factor = 1.0 if name.endswith("_gray") else 10.0
+        assert torch.allclose(big[name].extras["colour"], factor * base[name].extras["colour"])
         assert torch.equal(big[name].x, base[name].x)
+    assert torch.equal(big["test_gray"].extras["colour"][0], torch.tensor(cm.GRAY_COLOUR))
     with pytest.raises(ValueError, match="scale"):
         cm.build_colored_mnist(seed=0, scale=0.0, train_size=100)
 

@@ -6,15 +6,12 @@ coloured) and a separate colour vector c ∈ [0, 1]³. In training the colour is
 per-sample noise ``δ_i ~ N(0, std²·I)`` drawn once. The evaluation sets, as the reference builds
 them plus one it lacks:
 
-=====================
-=============================================================================== ``val_colored``,
-the *training* colour table with fresh noise: in-distribution, still 100% biased ``test_colored``
-``val_gray``,           every colour vector is the constant (1, 1, 1): the colour cue is removed
-``test_gray`` ``test_conflicting``    (added by the book) each image gets the colour of another
-class y' ≠ y, drawn
-                        uniformly from the other nine; ``bias`` holds y'
-=====================
-===============================================================================
+* ``val_colored``, ``test_colored``: the *training* colour table with fresh noise: in-distribution,
+  still 100 % biased;
+* ``val_gray``, ``test_gray``: every colour vector is the constant grey (1, 1, 1): the colour cue is
+  removed;
+* ``test_conflicting`` (added by the book): each image gets the colour of another class y' ≠ y,
+  drawn uniformly from the other nine; ``bias`` holds y'.
 
 The reference draws the colour table, the 48k/12k split and the noise without seeds; here each has
 its own seed derived from one ``seed`` (see :func:`build_colored_mnist`).
@@ -131,9 +128,12 @@ def build_colored_mnist(
     Each is a TensorData with images ``x``, labels ``y``, ``extras["colour"]`` and ``bias`` = the
     class whose colour the sample carries (None on the grey sets). ``train_size`` / ``val_size`` /
     ``test_size`` take seeded random subsets of the 48k / 12k / 10k sets for fast profiles;
-    ``palette`` chooses the class colours (:func:`colour_table`). ``scale`` multiplies every colour
-    vector, the grey one included (the reference: 1): the amplitude of the colour code, which sets
-    how large the colour's contribution ``W_c·c`` to the logits is for a given weight.
+    ``palette`` chooses the class colours (:func:`colour_table`). ``scale`` multiplies the class
+    colour vectors (the reference: 1): the amplitude of the colour code, which sets how large the
+    colour's contribution ``W_c·c`` to the logits is for a given weight. The grey of the grey sets
+    stays the reference's (1, 1, 1) at every scale: scaled with the code it would become an extreme
+    colour far outside the training colours, and the grey sets would measure the network's answer
+    to that colour instead of its answer without a colour cue.
     """
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
@@ -154,7 +154,7 @@ def build_colored_mnist(
     tr_x, tr_y = _images(mnist["train_x"][parts["train"]]), mnist["train_y"][parts["train"]]
     va_x, va_y = _images(mnist["train_x"][parts["val"]]), mnist["train_y"][parts["val"]]
     te_x = _images(te_x)
-    gray = lambda n: scale * torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, colours=[1, 1]
+    gray = lambda n: torch.tensor(GRAY_COLOUR).expand(n, 3).clone()  # noqa: E731 - std 0, never scaled
     y_other = other_class(te_y, derive_seed(seed, "conflict_labels"))
 
     def colours(labels: torch.Tensor, name: str) -> torch.Tensor:
