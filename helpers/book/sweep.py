@@ -45,6 +45,7 @@ from helpers.device import pick_device
 GRIDS = {
     "02_fisher_regularization": "helpers.methods.fisher_grid",
     "05_rebias": "helpers.methods.rebias_grid",
+    "08_benchmark": "helpers.methods.benchmark_grid",
 }
 EXECUTORS = ("local", "slurm", "ray")
 NOTEBOOKS = REPO_ROOT / "notebooks"

@@ -319,17 +319,21 @@ def build(
     entropy_weight: float = 0.36,
     f_strides: Sequence[int] = (1, 1, 1, 1),
     g_input_pool: int = 1,
+    make_f: Callable[[], nn.Module] | None = None,
 ) -> MethodSetup:
     """Build f = SimpleConvNet(7), g = SimpleConvNet(1), Adam optimisers and the step of ``method``.
 
     Call after seeding: the networks are initialised in a fixed order (f, g, then the extra layer).
     ``train_extra_layers=False`` leaves RUBi's head / LearnedMixin's gate untrained, as the
     reference does. ``f_strides`` and ``g_input_pool`` are the CPU-profile options of
-    :class:`~helpers.models.SimpleConvNet` (the paper: no stride, no pooling).
+    :class:`~helpers.models.SimpleConvNet` (the paper: no stride, no pooling). ``make_f`` builds
+    another f instead (any network with ``features``, ``forward_with_features`` and
+    ``feature_dim``; ``width`` then sizes g only), as chapter 08 runs every method on one backbone.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    f = SimpleConvNet(7, width=width, strides=tuple(f_strides)).to(device)
+    f = make_f() if make_f is not None else SimpleConvNet(7, width=width, strides=tuple(f_strides))
+    f = f.to(device)
     g = SimpleConvNet(1, width=width, input_pool=g_input_pool).to(device)
 
     def adam(net: nn.Module) -> torch.optim.Optimizer:
