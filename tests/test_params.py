@@ -143,6 +143,7 @@ def test_injected_names_come_from_papermills_cell():
     defaults = {
         "profile": "quick",
         "seed": 0,
+        "n_seeds": 1,
         "device": "cpu",
         "rhos": [0.1, 0.9],
         "train_size": 100,

@@ -68,3 +68,36 @@ def test_bad_parameters():
         pm.patch_mnist(train_size=5, val_size=1)
     with pytest.raises(ValueError, match="test_size"):
         pm.patch_mnist(train_size=100, val_size=10, test_size=3)
+
+
+def test_the_seed_draws_the_validation_split_and_the_patches(mnist):
+    """A seed varies the data as each run of the official code does (its validation images are
+    drawn afresh): other seed, other validation split and patch draw; same seed, same data."""
+    kw = dict(train_size=3000, val_size=600, test_size=500, conflict_order="random")
+    a, again, b = (pm.patch_mnist(seed=s, **kw) for s in (0, 0, 1))
+    for name in a:
+        assert torch.equal(a[name].x, again[name].x)
+        assert torch.equal(a[name].y, again[name].y)
+        assert torch.equal(a[name].bias, again[name].bias)
+    assert not torch.equal(a["val"].x, b["val"].x)
+    assert not torch.equal(a["train"].bias, b["train"].bias)
+    # the 99 / 1 proportions hold at every seed
+    for sets in (a, b):
+        tr = sets["train"]
+        assert tr.bias[tr.y == 0].float().mean() > 0.95 and tr.bias[tr.y == 1].float().mean() < 0.05
+
+
+def test_the_validation_split_moves_with_the_seed_on_the_same_images(mnist, monkeypatch):
+    """With a fixed pool of training images (no subset), the seed still picks the hold-out: the
+    validation digits of two seeds differ, those of one seed repeat."""
+    n = 1200
+    small = {k: v[:n] if k.startswith("train") else v[:50] for k, v in mnist.items()}
+    monkeypatch.setattr(pm, "load_mnist", lambda root=None: small)
+
+    def val_ids(seed):
+        sets = pm.patch_mnist(seed=seed, val_size=200)
+        # identify each validation image by its pixels' checksum
+        return sorted(sets["val"].x.flatten(1).sum(1).tolist())
+
+    assert val_ids(3) == val_ids(3)
+    assert val_ids(3) != val_ids(4)
