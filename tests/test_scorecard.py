@@ -256,3 +256,64 @@ def test_a_non_finite_metric_is_a_record_error_naming_file_and_key(tmp_path, bad
     assert "metrics.table.ReBias.0.99.mean" in str(err.value) and "not a finite number" in str(
         err.value
     )
+
+
+def test_chapter_03_rows_read_the_per_seed_values_and_old_single_seed_records(tmp_path):
+    """Chapter 03 records the paired models' pool-test accuracy per seed; a record written before
+    it did holds one number, which is read as n = 1."""
+    write(tmp_path, record("03_background_pairing", paired_basic_acc=0.97, paired_noise_acc=0.9))
+    full = record(
+        "03_background_pairing",
+        "full",
+        paired_basic_acc=0.5,  # the mean beside the seeds: never read when the seeds are there
+        paired_basic_acc_by_seed=[0.97, 0.98, 0.99],
+        paired_noise_acc_by_seed=[0.95, 0.96, 0.97],
+    )
+    full["seeds"] = [0, 1, 2]
+    write(tmp_path / "full", full)
+    rows = {r["headline"]: r for r in S.scorecard(S.load_records(tmp_path))}
+    basic = rows["paired training, pool-colour (basic) copies"]
+    assert (basic["quick"], basic["n_quick"], basic["std_quick"]) == (0.97, 1, None)
+    assert (basic["full"], basic["n"]) == (pytest.approx(0.98), 3)
+    assert basic["std"] == pytest.approx(0.01)  # sample std, ddof 1
+    assert basic["bound"] == pytest.approx(0.03 + 2 * 0.01 / 3**0.5)
+    assert basic["status"] == "reproduced at full scale"  # |0.98 - 0.98| within the bound
+    noise = rows["paired training, noise copies"]
+    assert noise["full"] == pytest.approx(0.96)
+    assert noise["status"] == "not reproduced at full scale"  # 11 points from ≈ 85 %
+    # with the quick record alone (2 seeds, like the quick profile) nothing is judged
+    quick = record("03_background_pairing", paired_basic_acc_by_seed={"0": 0.97, "1": 0.98})
+    (tmp_path / "full" / "03_background_pairing.json").unlink()
+    write(tmp_path, quick)
+    rows = {r["headline"]: r for r in S.scorecard(S.load_records(tmp_path))}
+    basic = rows["paired training, pool-colour (basic) copies"]
+    assert basic["n"] == 2 and basic["status"] == "not assessable (fewer than 3 seeds)"
+
+
+@pytest.mark.parametrize(
+    ("rho_metrics", "expected"),
+    [
+        # the single-seed record chapter 01 writes today
+        ({"unbiased_acc": 0.6, "biased_acc": 1.0}, (0.6, None, 1)),
+        # per-seed values beside the single key (a list, or a mapping seed -> number)
+        ({"unbiased_acc": 0.6, "unbiased_acc_by_seed": [0.5, 0.7]}, (0.6, 0.1414, 2)),
+        ({"unbiased_acc_by_seed": {"0": 0.5, "1": 0.6, "2": 0.7}}, (0.6, 0.1, 3)),
+        # the per-seed values at the key itself, or a mean/std/n summary there
+        ({"unbiased_acc": [0.5, 0.7]}, (0.6, 0.1414, 2)),
+        ({"unbiased_acc": {"mean": 0.6, "std": 0.1, "n": 3}}, (0.6, 0.1, 3)),
+        ({"biased_acc": 1.0}, None),
+    ],
+)
+def test_chapter_01_rows_accept_single_and_per_seed_records(tmp_path, rho_metrics, expected):
+    write(tmp_path, record("01_shortcut_learning", **{"rho_0.99": rho_metrics}))
+    rows = {r["headline"]: r for r in S.scorecard(S.load_records(tmp_path))}
+    row = rows["ERM (chapter 01's LeNet) vs Vanilla, unbiased test, ρ = 0.99"]
+    assert row["reference"] == pytest.approx(0.891)  # ReBias Table 1, Vanilla
+    # another network and budget than the paper's Vanilla: shown with its spread, never counted
+    assert row["status"] == "different set-up, not comparable"
+    if expected is None:
+        assert row["quick"] is None
+        return
+    mean, std, n = expected
+    assert (row["quick"], row["n_quick"]) == (pytest.approx(mean), n)
+    assert row["std_quick"] == (None if std is None else pytest.approx(std, abs=1e-4))
