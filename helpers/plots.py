@@ -104,7 +104,7 @@ def figure_alt(fig: Figure) -> str:
         if panel and panel not in panels:
             panels.append(panel)
     if panels:
-        kind = "panel" if len(panels) == 1 else f"{len(panels)} panels"
+        kind = "Panel" if len(panels) == 1 else f"{len(panels)} panels"
         parts.append(f"{kind}: " + " | ".join(panels[:12]))
     text = ". ".join(parts) if parts else "A figure without a title"
     return "Figure: " + " ".join(text.split())
