@@ -227,3 +227,109 @@ def test_search_finds_chapter_05(desktop):
     )
     assert any(urlsplit(r).path.endswith("05_rebias.html") for r in results), results
     assert not desktop.errors, desktop.errors
+
+
+def chapter_pages(built_book: Path) -> list[str]:
+    """Every page of the book's text (the introduction, the chapters, their full-profile copies),
+    as paths below the site root."""
+    return [
+        p.relative_to(built_book).as_posix() for p in sorted((built_book / "book").rglob("*.html"))
+    ]
+
+
+# the text column's width and, per table, its scroll width, its widest row (the width of the cells
+# alone: a caption makes a table as wide as the column), its caption and its header cells
+TABLE_WIDTHS = """() => {
+  const a = document.querySelector("article.bd-article");
+  const s = getComputedStyle(a);
+  const column = a.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);
+  return [column, [...a.querySelectorAll("table")].map(t => [
+    t.scrollWidth,
+    Math.max(0, ...[...t.rows].map(r => Math.round(r.getBoundingClientRect().width))),
+    t.caption ? t.caption.innerText.trim().slice(0, 70) : "",
+    [...t.querySelectorAll("th")].map(h => h.innerText.trim()),
+  ])];
+}"""
+# a metric key where a header should have words (helpers.book.tables.HEADERS)
+METRIC_KEY = re.compile(r"^\w+_(?:acc|loss|s)$")
+
+
+def test_every_table_fits_the_text_column(desktop, built_book):
+    """At 1280 px no table is wider than the text column (no sideways scrolling, nothing cut),
+    and no header is a metric key (``unbiased_acc``) instead of words. Prints the widest table of
+    each page (``pytest -s``)."""
+    from helpers.book.tables import HEADERS
+
+    too_wide, keys, measured = [], [], 0
+    for path in chapter_pages(built_book):
+        page = desktop.open(path)
+        column, tables = page.evaluate(TABLE_WIDTHS)
+        for width, _, caption, headers in tables:
+            measured += 1
+            if width > column + 1:
+                too_wide.append(f"{path}: {width}px > {column:.0f}px '{caption}'")
+            keys += [
+                f"{path}: '{h}' in '{caption}'"
+                for h in headers
+                if (h in HEADERS and HEADERS[h] != h) or METRIC_KEY.match(h)
+            ]
+        if tables:
+            _, cells, caption, _ = max(tables, key=lambda t: t[1])
+            print(
+                f"{path}: widest table {cells}px of cells in a {column:.0f}px column ('{caption}')"
+            )
+    assert measured, "no tables measured"
+    assert not too_wide, f"{len(too_wide)} of {measured} tables wider than the column: {too_wide}"
+    assert not keys, f"headers that are metric keys, not words: {keys}"
+
+
+# the page's text as a reader sees it: no code cell sources, scripts, or typeset math
+READER_TEXT = """() => {
+  const c = document.querySelector("article.bd-article").cloneNode(true);
+  const hidden = "div.cell_input, mjx-container, script, style, .headerlink";
+  c.querySelectorAll(hidden).forEach(e => e.remove());
+  return c.innerText;
+}"""
+RESIDUE = {
+    "an unresolved role": re.compile(r"\{(?:cite|cite:p|cite:t|ref|numref|eq|doc|math)\}`?[^`\s]*"),
+    "unrendered TeX": re.compile(
+        r"\\(?:frac|top|cdot|sum|mathrm|mathbf|text|lambda|alpha|sigma|rho|epsilon|varepsilon"
+        r"|left|right|begin|end|sqrt|log|exp|hat|tilde|bar|partial|nabla|mid|in|le|ge|neq|approx"
+        r"|times|infty)\b.{0,30}"
+        r"|\\[(\[].{0,30}|\$[^$\n]{0,60}[\\^_][^$\n]{0,60}\$"
+    ),
+    "a machine path": re.compile(r"(?<![\w.])/(?:work|tmp|root|home/\w+)/\S*"),
+    "a checkpoint-loading line": re.compile(r"(?i)loaded (?:from )?checkpoint.{0,40}"),
+}
+
+
+def test_no_page_shows_markup_residue_or_machine_paths(desktop, built_book):
+    """No page shows a literal {cite} role, TeX that MathJax did not typeset, a path of the machine
+    that executed it, or a line per checkpoint loaded (code cells' sources are not checked)."""
+    found = []
+    for path in chapter_pages(built_book):
+        page = desktop.open(path)
+        page.wait_for_load_state("networkidle")
+        text = page.evaluate(READER_TEXT)
+        for what, pattern in RESIDUE.items():
+            hits = pattern.findall(text)
+            if hits:
+                found.append(f"{path}: {len(hits)} × {what}, e.g. {hits[0]!r}")
+    assert not found, "\n".join(found)
+
+
+def test_every_figure_has_alt_text(desktop, built_book):
+    """Every image on every page has alt text that says something (not empty, not its file name:
+    helpers.plots records it with each inline figure, helpers.book.page_fixes writes it)."""
+    missing, measured = [], 0
+    for path in chapter_pages(built_book):
+        page = desktop.open(path)
+        for src, alt in page.eval_on_selector_all(
+            "article img", "els => els.map(e => [e.getAttribute('src'), e.getAttribute('alt')])"
+        ):
+            measured += 1
+            alt = (alt or "").strip()
+            if not alt or alt == src or re.search(r"\.(?:png|jpe?g|svg|gif)$", alt):
+                missing.append(f"{path}: {Path(src).name[:16]}…")
+    assert measured, "no images measured"
+    assert not missing, f"{len(missing)} of {measured} images without alt text: {missing}"

@@ -48,3 +48,38 @@ def test_float_labels_and_numbers_inside_text_columns():
 def test_tiny_values_keep_their_significant_digits():
     html = book_table(pd.DataFrame({"F": [8.496512e-12, 2.318]}), "c", digits=7).to_html()
     assert "8.496512e-12" in html and "2.318" in html
+
+
+def test_metric_keys_are_shown_in_words_and_still_addressed_by_key():
+    history = pd.DataFrame(
+        {"loss": [0.5, 0.25], "val_acc": [0.5, 0.75], "time_s": [3.0, 2.5]},
+        index=pd.Index([1, 2], name="epoch"),
+    )
+    html = book_table(history, "c", percent=lambda c: c.endswith("_acc")).to_html()
+    assert ">validation accuracy<" in html and ">time (s)<" in html and ">training loss<" in html
+    assert "val_acc" not in html and "time_s" not in html
+    assert "75.0%" in html and ">epoch<" in html
+    rows = pd.DataFrame({"value": [0.2, 0.6]}, index=["worst_group", "mean_of_groups"])
+    html = book_table(rows, "c", percent="all").to_html()
+    assert ">worst group<" in html and ">mean of groups<" in html and "20.0%" in html
+    html = book_table(history, "c", headers={"val_acc": "val. acc."}).to_html()
+    assert ">val. acc.<" in html  # a chapter's own words win
+
+
+def test_mean_and_std_columns_become_one_column():
+    by_seed = pd.DataFrame(
+        {"rule": ["a", "a", "b"], "biased_acc": [0.80, 0.84, 0.5], "pixels": [10.0, 12.0, 5.0]}
+    )
+    spread = by_seed.groupby("rule")[["biased_acc", "pixels"]].agg(["mean", "std"])
+    html = book_table(spread, "c", percent=["biased_acc"]).to_html()
+    assert "82.0 ± 2.8%" in html
+    assert "11.0 ± 1.4" in html and ">50.0%<" in html  # one seed: the mean alone
+    assert ">biased test accuracy<" in html and ">mean<" not in html and ">std<" not in html
+
+
+def test_mean_std_text():
+    from helpers.book.tables import mean_std
+
+    assert mean_std(0.9381, 0.0178, percent=True) == "93.8 ± 1.8%"
+    assert mean_std(8.0, 0.0) == "8.0 ± 0.0"
+    assert mean_std(float("nan"), 0.1) == "–"
