@@ -15,8 +15,9 @@ Table 1). Groups are (digit, colour): 100 of them.
 **One backbone, one optimiser, one budget**: chapter 01's LeNet-5 (:class:`Backbone`) for every
 network that is evaluated, Adam with one learning rate and weight decay, the same epochs and batch
 size, no schedule. ReBias, RUBi and LearnedMixin+H add their colour-only g (ReBias's 1×1
-SimpleConvNet); LfF its second, biased copy of the backbone. Methods that build on a trained ERM network
-(DFR, MaskTune) start from the ERM cell of the same (ρ, seed) with the first weight-decay trial.
+SimpleConvNet); LfF its second, biased copy of the backbone. Methods that build on a trained ERM
+network (DFR, MaskTune) start from the ERM cell of the same (ρ, seed) with the first weight-decay
+trial.
 
 **Selection** reads validation metrics only (:mod:`helpers.selection`): each trial is scored at its
 last epoch by ``val_acc`` and ``val_worst_class`` on ``val_biased`` (rule (a), no bias labels) and
@@ -496,7 +497,7 @@ def seeds(params: Mapping[str, Any]) -> list[int]:
 
 def cells(params: Mapping[str, Any], methods=None) -> list[dict]:
     """Every (method, ρ, seed, trial) of the profile, ERM first (DFR and MaskTune build on it)."""
-    methods = [m for m in (methods or params["methods"])]
+    methods = list(methods or params["methods"])
     n_trials = len(trial_values(params, methods[0]))
     return [
         {"method": m, "rho": r, "seed": s, "trial": t}
