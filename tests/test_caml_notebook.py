@@ -3,7 +3,9 @@
 
 import json
 
+import numpy as np
 import papermill as pm
+import pytest
 
 from helpers.book import runner
 from helpers.data.feature_folder import make_tiny_feature_folder
@@ -46,6 +48,15 @@ def test_notebook_runs_on_a_user_feature_folder(tmp_path, monkeypatch):
         "DFR",
         "GroupDRO (oracle)",
     }
+    # issue 31: sample std (ddof 1) over the seeds, like every other chapter
+    caml = record["metrics"]["table"]["CAML"]
+    assert caml["worst_std"] == pytest.approx(np.std(caml["per_seed_worst"], ddof=1))
+    # issue 31: every tuned method got the same number of validation trials, none on the test set
+    trials = record["metrics"]["validation_trials"]
+    per_method = {m: sum(t["method"] == m for t in trials) for m in {t["method"] for t in trials}}
+    assert set(per_method) == {"CAML", "JTT", "LfF", "GroupDRO (oracle)"}
+    assert set(per_method.values()) == {9}
+    assert set(record["metrics"]["chosen_values"]) == set(per_method)
     nb = json.loads(text)
     assert not any(
         o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", [])

@@ -49,3 +49,64 @@ def test_methods_run_and_beat_chance_on_toy():
         G.train_groupdro(Adapter(4), tr, va, cfg, eta=0)
     with pytest.raises(ValueError, match="select"):
         G.train_erm(Adapter(4), tr, va, cfg, select="bad")
+
+
+# ------------------------------------------------------ equal tuning effort (issue 31, item 5)
+PINNED = {
+    "stage1_weight_decay": 0.1,
+    "sigma": 0.2,
+    "jtt_id_epochs": 2,
+    "jtt_upweight": 20.0,
+    "dro_eta": 0.01,
+    "lff_q": 0.7,
+}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"jtt_id_epochs": 1, "jtt_upweight": 1.0, "lff_q": 0.75},
+        {"stage1_weight_decay": 10.0, "sigma": 2.0, "jtt_upweight": 1000.0, "dro_eta": 10.0},
+        {"dro_eta": 0.0001, "lff_q": 0.05},
+    ],
+)
+def test_every_baseline_grid_has_as_many_trials_as_camls_and_holds_the_pinned_values(changes):
+    params = {**PINNED, **changes}
+    grids = G.tuning_grids(params)
+    assert set(grids) == {"CAML", "JTT", "GroupDRO (oracle)", "LfF"} == set(G.SELECTION_RULE)
+    assert {len(g) for g in grids.values()} == {G.TUNING_TRIALS}
+    for grid in grids.values():  # distinct trials, each one a complete setting
+        assert len({tuple(sorted(v.items())) for v in grid}) == len(grid)
+    pinned = {
+        "CAML": {"stage1_weight_decay": params["stage1_weight_decay"], "sigma": params["sigma"]},
+        "JTT": {"jtt_id_epochs": params["jtt_id_epochs"], "jtt_upweight": params["jtt_upweight"]},
+        "GroupDRO (oracle)": {"dro_eta": params["dro_eta"]},
+        "LfF": {"lff_q": params["lff_q"]},
+    }
+    for mth, grid in grids.items():
+        assert pinned[mth] in grid, mth
+    # every trial stays inside the chapter's parameter schema
+    from helpers.book.params import validate
+
+    for grid in grids.values():
+        for v in grid:
+            validate("06_caml", v, partial=True)
+
+
+def test_the_pick_is_the_best_validation_score_and_prefers_the_pinned_value_on_a_tie():
+    trials = [{"q": 0.1}, {"q": 0.7}, {"q": 0.9}]
+    assert G.pick_on_validation(trials, [0.5, 0.6, 0.8], {"q": 0.7}) == {"q": 0.9}
+    assert G.pick_on_validation(trials, [0.8, 0.8, 0.8], {"q": 0.7}) == {"q": 0.7}
+    assert G.pick_on_validation(trials, [0.8, 0.7, 0.8], {"q": 0.7}) == {"q": 0.1}
+    with pytest.raises(ValueError):
+        G.pick_on_validation(trials, [0.5], {"q": 0.7})
+
+
+def test_validation_score_follows_the_chapters_rule():
+    data = _toy(200)
+    model = Adapter(data.x.shape[1])
+    assert G.validation_score(model, data, "plain") == pytest.approx(accuracy_on(model, data))
+    assert G.validation_score(model, data, "worst") == pytest.approx(G.worst_group_on(model, data))
+    with pytest.raises(ValueError):
+        G.validation_score(model, data, "test")

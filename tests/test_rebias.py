@@ -155,3 +155,93 @@ def test_rebias_biased_estimator_runs():
     f, g, of, og = _nets()
     logged = rebias_step(f, g, of, og, estimator="biased")(_batch())
     assert float(logged["hsic"]) > 0
+
+
+# ------------------------------------------------ chapter 05's grid (issue 31, items 3 and 5)
+def _grid_params(profile):
+    from helpers.book.params import profile_values, validate
+    from helpers.book.runner import NOTEBOOKS
+    from helpers.book.sweep import notebook_defaults
+
+    src = NOTEBOOKS / "05_rebias.ipynb"
+    return validate("05_rebias", {**notebook_defaults(src), **profile_values("05_rebias", profile)})
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full"])
+def test_lambda_is_chosen_on_two_seeds_that_are_never_reported(profile):
+    from helpers.methods import rebias_grid as G
+
+    p = _grid_params(profile)
+    G.check_grid(p)
+    reported = set(G.seeds(p)) | set(G.seeds(p, baseline=True))
+    cells = G.selection_cells(p)
+    assert not reported & {c["seed"] for c in cells}
+    assert not reported & set(G.selection_seeds(p))
+    if len(p["lambdas"]) > 1:
+        assert len(set(G.selection_seeds(p))) >= 2
+        assert len(cells) == len(p["lambdas"]) * p["n_select_seeds"]
+        assert {c["seed"] for c in cells} == set(G.selection_seeds(p))
+    else:  # a single candidate (full: λ = 1 as published): nothing to choose, nothing trained
+        assert cells == []
+        assert G.chosen_lambda({}, p["lambdas"]) == p["lambdas"][0]
+
+
+def test_selection_seeds_stay_disjoint_for_every_seed_count():
+    from helpers.methods import rebias_grid as G
+
+    for seed in (0, 7, 2**32 - 1):
+        p = {"seed": seed, "n_seeds": 10, "baseline_seeds": 10, "n_select_seeds": 10}
+        assert not set(G.seeds(p)) & set(G.selection_seeds(p))
+        assert all(0 <= s < 2**32 for s in G.selection_seeds(p))
+
+
+def test_overlapping_selection_seeds_are_refused():
+    from helpers.methods import rebias_grid as G
+
+    p = dict(_grid_params("smoke"))
+    p["n_seeds"], p["seed"] = 10, 0
+    G.check_grid(p)
+    G.SELECT_OFFSET, old = 3, G.SELECT_OFFSET
+    try:
+        with pytest.raises(ValueError, match="selection seeds"):
+            G.check_grid(p)
+    finally:
+        G.SELECT_OFFSET = old
+
+
+def test_chosen_lambda_is_the_best_mean_over_seeds():
+    from helpers.methods import rebias_grid as G
+
+    assert G.chosen_lambda({1.0: 0.30, 5.0: 0.32}) == 5.0
+    assert G.chosen_lambda({1.0: 0.30, 5.0: 0.30}) == 1.0  # a tie: the first candidate
+
+
+def test_full_profile_runs_the_papers_baselines_and_the_fix_as_named_variants():
+    """Item 5: the reference code behind Table 1 never trains RUBi's head / LearnedMixin's gate."""
+    from helpers.methods import rebias_grid as G
+
+    p = _grid_params("full")
+    assert p["train_extra_layers"] is False
+    assert {"rubi", "learned_mixin", "rubi_fix", "learned_mixin_fix"} <= set(p["methods"])
+    assert not G.extra_layers_trained(p, "rubi")
+    assert not G.extra_layers_trained(p, "learned_mixin")
+    assert G.extra_layers_trained(p, "rubi_fix") and G.extra_layers_trained(p, "learned_mixin_fix")
+    assert G.base_method("learned_mixin_fix") == "learned_mixin"
+    assert "fix" in G.NAMES["rubi_fix"] and "fix" in G.NAMES["learned_mixin_fix"]
+    cells = G.grid_cells(p, 1.0)
+    assert {c["method"] for c in cells} >= {"rubi_fix", "learned_mixin_fix"}
+
+
+def test_a_fix_variant_keys_its_own_extra_layer_setting():
+    from helpers.book.chapter import ChapterRun
+    from helpers.methods import rebias_grid as G
+
+    p = _grid_params("full")
+    run = ChapterRun("05_rebias", p, torch.device("cpu"), "code")
+    fix = G.cell_config(run, "rubi_fix", 0.99, 0, None)
+    paper = G.cell_config(run, "rubi", 0.99, 0, None)
+    assert fix["train_extra_layers"] is True and paper["train_extra_layers"] is False
+    flipped = ChapterRun(
+        "05_rebias", {**p, "train_extra_layers": True}, torch.device("cpu"), "code"
+    )
+    assert G.cell_config(flipped, "rubi_fix", 0.99, 0, None) == fix

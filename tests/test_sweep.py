@@ -204,20 +204,22 @@ def test_a_chapter_without_a_grid_and_a_missing_ray_are_clear_errors(capsys):
             assert "pip install '.[ray]'" in capsys.readouterr().err
 
 
-def test_the_full_grid_is_the_papers_48_cells():
-    """Chapter 05 at full: 4 ρ × 4 trained methods × 3 seeds, the grid the sweep fans out."""
+def test_the_full_grid_is_the_papers_48_cells_and_the_fix_variants():
+    """Chapter 05 at full: 4 ρ × 4 trained methods × 3 seeds, the paper's grid the sweep fans out,
+    and the book's fixed RUBi / LearnedMixin+H (extra layers trained) beside it: 4 ρ × 2 × 3."""
     from collections import Counter
 
     from helpers.methods import rebias_grid as G
 
     run = S.chapter_run("05_rebias", "full")
     cells = G.grid_cells(run.params, 1.0)
-    assert len(cells) == 48
+    assert len(cells) == 72
     assert Counter(c["method"] for c in cells) == dict.fromkeys(
-        ("vanilla", "rebias", "rubi", "learned_mixin"), 12
+        ("vanilla", "rebias", "rubi", "learned_mixin", "rubi_fix", "learned_mixin_fix"), 12
     )
     assert sorted({c["rho"] for c in cells}) == [0.99, 0.995, 0.997, 0.999]
-    assert len({(c["method"], c["rho"], c["seed"]) for c in cells}) == 48
+    assert len({(c["method"], c["rho"], c["seed"]) for c in cells}) == 72
+    assert G.selection_cells(run.params) == []  # λ = 1 as published: nothing to choose
 
 
 def test_the_command_line_builds_a_local_executor_with_its_threads(tmp_path):

@@ -274,3 +274,80 @@ __all__ = [
     "train_groupdro",
     "train_dfr",
 ]
+
+
+# ---------------------------------------------------------------------------------- equal tuning
+TUNING_TRIALS = 9  # every tuned method gets this many validation trials (CAML's 3 × 3 grid)
+SELECTION_RULE = {  # the validation score each method is tuned (and its epochs selected) on
+    "CAML": "plain",
+    "LfF": "plain",
+    "JTT": "worst",
+    "GroupDRO (oracle)": "worst",
+}
+LFF_QS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _around(pinned: float, factor: float, n: int, low: float = 0.0, high: float = float("inf")):
+    """``n`` distinct values pinned × factor^e (e = 0, −1, 1, −2, 2, …) within [low, high], sorted:
+    centred on ``pinned`` (always one of them); at a bound the grid extends to the other side."""
+    out: list[float] = []
+    for step in range(4 * n):
+        e = (step + 1) // 2 * (-1 if step % 2 else 1)
+        # rounded to 12 digits: 0.01, not 0.010000000000000002 (the values key the cache)
+        v = float(f"{min(max(pinned * factor**e, low), high):.12g}")
+        if v not in out:
+            out.append(v)
+        if len(out) == n:
+            return sorted(out)
+    raise ValueError(f"cannot place {n} values around {pinned} in [{low}, {high}]")
+
+
+def _three(pinned: float, factor: float, low: float = 0.0, high: float = float("inf")) -> list:
+    return _around(pinned, factor, 3, low, high)
+
+
+def tuning_grids(params) -> dict[str, list[dict]]:
+    """The validation grid of every tuned method, :data:`TUNING_TRIALS` trials each, each grid
+    around the chapter's pinned values (which are always a trial): CAML's stage-1 weight decay
+    (÷10, ×1, ×10) × margin noise σ (÷2, ×1, ×2); JTT's identification epochs T (÷2, ×1, ×2) ×
+    up-weight λ_up (÷4, ×1, ×4); GroupDRO's step size η (×2^-4 … ×2^4); LfF's GCE exponent q
+    (0.1 … 0.9, the pinned q replacing its nearest value)."""
+    wd1, sg = params["stage1_weight_decay"], params["sigma"]
+    t, up = params["jtt_id_epochs"], params["jtt_upweight"]
+    eta, q = params["dro_eta"], params["lff_q"]
+    ts = [t // 2, t, 2 * t] if t >= 2 else [t, 2 * t, 4 * t]
+    qs = list(LFF_QS)
+    if q not in qs:
+        qs[min(range(len(qs)), key=lambda i: abs(qs[i] - q))] = q
+    return {
+        "CAML": [
+            {"stage1_weight_decay": w, "sigma": s}
+            for w in _three(wd1, 10.0, high=10.0)
+            for s in _three(sg, 2.0, high=2.0)
+        ],
+        "JTT": [
+            {"jtt_id_epochs": int(a), "jtt_upweight": u}
+            for a in ts
+            for u in _three(up, 4.0, low=1.0, high=1000.0)
+        ],
+        "GroupDRO (oracle)": [
+            {"dro_eta": v} for v in _around(eta, 2.0, TUNING_TRIALS, low=1e-4, high=10.0)
+        ],
+        "LfF": [{"lff_q": v} for v in sorted(qs)],
+    }
+
+
+def validation_score(model, val: TensorData, rule: str) -> float:
+    """The chapter's rule: plain accuracy on the balanced validation set, or its worst group."""
+    if rule not in ("plain", "worst"):
+        raise ValueError(f"rule must be 'plain' or 'worst', got {rule!r}")
+    return accuracy_on(model, val) if rule == "plain" else worst_group_on(model, val)
+
+
+def pick_on_validation(trials: list[dict], scores: list[float], pinned: dict) -> dict:
+    """The trial with the best validation score; on a tie the pinned trial, else the first."""
+    if len(trials) != len(scores) or not trials:
+        raise ValueError("one score per trial, at least one trial")
+    best = max(scores)
+    tied = [t for t, s in zip(trials, scores) if s == best]
+    return pinned if pinned in tied else tied[0]

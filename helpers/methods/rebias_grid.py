@@ -5,8 +5,16 @@ through the checksummed, content-keyed checkpoint cache (:func:`helpers.cache.ca
 :meth:`ChapterRun.cache_config`), so a cell trained by a sweep worker is the cell the chapter
 loads.
 
-The grid has two stages: ReBias at every candidate λ at ``select_rho`` (first seed), then every
-method at every ρ and seed with the λ chosen on the validation set (:func:`chosen_lambda`).
+The grid has two stages: ReBias at every candidate λ at ``select_rho`` on the *selection seeds*
+(:func:`selection_seeds`, ``n_select_seeds`` of them, disjoint from the seeds of the reported runs),
+then every method at every ρ and reported seed with the λ whose validation accuracy, averaged over
+the selection seeds, is best (:func:`chosen_lambda`). So λ is chosen on ≥ 2 seeds and no reported
+run is a run that chose it. With a single candidate λ there is nothing to choose: no stage-1 cells.
+
+RUBi and LearnedMixin+H follow ``train_extra_layers`` (``False`` = the reference code behind the
+paper's Table 1, which never trains RUBi's head or LearnedMixin's gate); ``rubi_fix`` and
+``learned_mixin_fix`` are the same methods with those layers trained: the book's fix, a named
+variant.
 """
 
 from __future__ import annotations
@@ -34,8 +42,12 @@ NAMES = {
     "rebias": "ReBias",
     "rubi": "RUBi",
     "learned_mixin": "LearnedMixin+H",
+    "rubi_fix": "RUBi (fix: head trained)",
+    "learned_mixin_fix": "LearnedMixin+H (fix: gate trained)",
 }
-BASELINES = ("rubi", "learned_mixin")
+BASELINES = ("rubi", "learned_mixin", "rubi_fix", "learned_mixin_fix")
+FIX_SUFFIX = "_fix"  # the book's fix of a baseline: its extra layer is trained
+SELECT_OFFSET = 1000  # selection seeds start here above ``seed`` (n_seeds <= 10: never overlap)
 
 _loaded: dict = {}
 
@@ -67,8 +79,26 @@ def eval_splits(params: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def seeds(params: Mapping[str, Any], baseline: bool = False) -> list[int]:
+    """The seeds of the reported runs: ``seed``, ``seed + 1``, ..."""
     n = params["baseline_seeds"] if baseline else params["n_seeds"]
     return [params["seed"] + i for i in range(n)]
+
+
+def selection_seeds(params: Mapping[str, Any]) -> list[int]:
+    """The seeds of the λ-selection runs, ``seed + 1000``, ``seed + 1001``, ... (modulo 2**32):
+    their own seeds, so that the runs that choose λ are not the runs that are reported."""
+    return [(params["seed"] + SELECT_OFFSET + i) % 2**32 for i in range(params["n_select_seeds"])]
+
+
+def base_method(method: str) -> str:
+    """The :func:`rebias.build` method of a grid method (``rubi_fix`` → ``rubi``)."""
+    return method.removesuffix(FIX_SUFFIX)
+
+
+def extra_layers_trained(params: Mapping[str, Any], method: str) -> bool:
+    """Whether RUBi's head / LearnedMixin's gate train: always for the fix variants, else as
+    ``train_extra_layers`` says (the paper's reference code: False)."""
+    return method.endswith(FIX_SUFFIX) or bool(params["train_extra_layers"])
 
 
 def check_grid(params: Mapping[str, Any]) -> None:
@@ -81,6 +111,12 @@ def check_grid(params: Mapping[str, Any]) -> None:
         raise ValueError(
             "lambdas has several candidates but val_size is None: choosing λ needs a validation set"
         )
+    reported = set(seeds(params)) | set(seeds(params, baseline=True))
+    if len(params["lambdas"]) > 1 and reported & set(selection_seeds(params)):
+        raise ValueError(
+            f"the selection seeds {selection_seeds(params)} overlap the reported seeds "
+            f"{sorted(reported)}: choose another seed"
+        )
 
 
 @dataclass
@@ -92,7 +128,10 @@ class CellResult:
 
 
 def cell_config(run: ChapterRun, method: str, rho: float, seed: int, lam: float | None) -> dict:
-    return run.cache_config(method=method, rho=rho, seed=seed, lam=lam)
+    """The cache key; a fix variant keys its own ``train_extra_layers = True`` (the parameter only
+    sets the paper-named baselines)."""
+    fix = {"train_extra_layers": True} if method.endswith(FIX_SUFFIX) else {}
+    return run.cache_config(method=method, rho=rho, seed=seed, lam=lam, **fix)
 
 
 def train_cell(
@@ -105,13 +144,13 @@ def train_cell(
     seed_everything(seed)
     weights = {"lambda_f": lam, "lambda_g": lam} if method == "rebias" else {}
     setup = R.build(
-        method,
+        base_method(method),
         width=p["width"],
         device=dev,
         lr=p["lr"],
         weight_decay=p["weight_decay"],
         sigma=p["rbf_sigma"],
-        train_extra_layers=p["train_extra_layers"],
+        train_extra_layers=extra_layers_trained(p, method),
         entropy_weight=p["entropy_weight"],
         f_strides=p["f_strides"],
         g_input_pool=p["g_input_pool"],
@@ -148,28 +187,40 @@ def train_cell(
 
 # ------------------------------------------------------------------------------------ the grid
 def selection_cells(params: Mapping[str, Any]) -> list[dict]:
-    """Stage 1: ReBias at every candidate λ at ``select_rho``, first seed."""
-    if "rebias" not in params["methods"]:
+    """Stage 1: ReBias at every candidate λ at ``select_rho`` on every selection seed (none when
+    there is a single candidate: nothing to choose)."""
+    if "rebias" not in params["methods"] or len(params["lambdas"]) < 2:
         return []
-    s0 = seeds(params)[0]
     return [
-        {"method": "rebias", "rho": params["select_rho"], "seed": s0, "lam": lam}
+        {"method": "rebias", "rho": params["select_rho"], "seed": s, "lam": lam}
         for lam in params["lambdas"]
+        for s in selection_seeds(params)
     ]
 
 
-def selection_scores(run: ChapterRun) -> dict[float, float]:
-    """Validation accuracy (last epoch) of each stage-1 cell (trains the missing ones)."""
+def selection_table(run: ChapterRun, progress=None) -> pd.DataFrame:
+    """Validation accuracy (last epoch) of every stage-1 cell, one row per λ and one column per
+    selection seed (trains the missing cells); empty with a single candidate."""
     split = eval_splits(run.params)[0]
-    return {
-        cell["lam"]: float(train_cell(run, **cell).history[f"{split}_acc"].iloc[-1])
-        for cell in selection_cells(run.params)
-    }
+    scores: dict[float, dict[int, float]] = {}
+    for cell in selection_cells(run.params):
+        hist = train_cell(run, **cell, progress=progress).history
+        scores.setdefault(cell["lam"], {})[cell["seed"]] = float(hist[f"{split}_acc"].iloc[-1])
+    return pd.DataFrame(scores).T
 
 
-def chosen_lambda(scores: Mapping[float, float]) -> float | None:
-    """The candidate with the best validation accuracy (the first one on a tie)."""
-    return max(scores, key=scores.get) if scores else None
+def selection_scores(run: ChapterRun) -> dict[float, float]:
+    """Mean validation accuracy over the selection seeds of each candidate λ."""
+    table = selection_table(run)
+    return {} if table.empty else table.mean(axis=1).to_dict()
+
+
+def chosen_lambda(scores: Mapping[float, float], lambdas=None) -> float | None:
+    """The candidate with the best mean validation accuracy (the first one on a tie); without
+    scores (a single candidate) the first of ``lambdas``."""
+    if scores:
+        return max(scores, key=scores.get)
+    return lambdas[0] if lambdas else None
 
 
 def grid_cells(params: Mapping[str, Any], lam: float | None) -> list[dict]:
@@ -197,7 +248,7 @@ def stages(run: ChapterRun) -> list:
     check_grid(run.params)
     return [
         lambda r: selection_cells(r.params),
-        lambda r: grid_cells(r.params, chosen_lambda(selection_scores(r))),
+        lambda r: grid_cells(r.params, chosen_lambda(selection_scores(r), r.params["lambdas"])),
     ]
 
 
