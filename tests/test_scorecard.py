@@ -302,6 +302,15 @@ def test_chapter_03_rows_read_the_per_seed_values_and_old_single_seed_records(tm
         ({"unbiased_acc": [0.5, 0.7]}, (0.6, 0.1414, 2)),
         ({"unbiased_acc": {"mean": 0.6, "std": 0.1, "n": 3}}, (0.6, 0.1, 3)),
         ({"biased_acc": 1.0}, None),
+        # what chapter 01 writes: the mean, its std and the per-seed rows under "by_seed"
+        (
+            {
+                "unbiased_acc": 0.6,
+                "unbiased_acc_std": 0.1414,
+                "by_seed": {"0": {"unbiased_acc": 0.5}, "1": {"unbiased_acc": 0.7}},
+            },
+            (0.6, 0.1414, 2),
+        ),
     ],
 )
 def test_chapter_01_rows_accept_single_and_per_seed_records(tmp_path, rho_metrics, expected):

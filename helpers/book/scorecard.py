@@ -88,7 +88,13 @@ class Measure:
             if not isinstance(parent, Mapping):
                 return None
             key = self.path[-1]
-            for candidate in (parent.get(f"{key}_by_seed"), parent.get(key)):
+            nested = parent.get("by_seed")  # chapter 01: {seed: {metric: value}}
+            from_nested = (
+                [v.get(key) for v in nested.values() if isinstance(v, Mapping)]
+                if isinstance(nested, Mapping)
+                else None
+            )
+            for candidate in (parent.get(f"{key}_by_seed"), from_nested, parent.get(key)):
                 stat = _any_stat(candidate)
                 if stat is not None:
                     return stat
