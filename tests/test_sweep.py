@@ -232,3 +232,41 @@ def test_the_command_line_builds_a_local_executor_with_its_threads(tmp_path):
     assert (ex.workers, ex.threads) == (1, 1)
     default = S.make_executor(parser.parse_args(["--chapters", "02", "--workers", "1"]), tmp_path)
     assert default.threads >= 1
+
+
+def test_a_local_worker_stops_when_its_sweep_is_killed(tmp_path):
+    """A killed sweep left its worker training for half an hour: workers watch their parent."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    parent_code = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import os, time
+from helpers.book.sweep import exit_with_parent
+exit_with_parent(os.getppid(), interval=0.2)
+open({str(pid_file)!r}, "w").write(str(os.getpid()))
+time.sleep(60)
+'''])
+time.sleep(60)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=S.REPO_ROOT)
+    deadline = time.time() + 30
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < deadline, "the child never started"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the worker outlived its sweep")

@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -97,11 +98,29 @@ def cell_id(cell: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ one job
+def exit_with_parent(parent: int, interval: float = 5.0) -> threading.Thread:
+    """Stop this process when ``parent`` is gone: a ProcessPoolExecutor worker whose sweep was
+    killed would otherwise finish its cell first, hours of CPU on a full profile (its epoch state
+    is saved, so the next sweep resumes it)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=watch, daemon=True, name="exit-with-parent")
+    thread.start()
+    return thread
+
+
 def run_job(job: Mapping[str, Any]) -> dict:
     """Train one cell (in a worker process, a Slurm job or a Ray task) into the shared cache; its
     output goes to ``job["log"]``. Returns the wall time; raises on failure. The job names its grid
     module (``job["grid"]``), so a worker needs no lookup in a registry it may not share."""
     os.environ[ENV_VAR] = job["cache"]
+    if job.get("parent") is not None:
+        exit_with_parent(job["parent"])
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     if job.get("gpu") is not None and torch.cuda.is_available():
@@ -148,7 +167,12 @@ class LocalExecutor:
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
             futures = {}
             for i, job in enumerate(jobs):
-                job = {**job, "threads": self.threads, "gpu": i % self.gpus if self.gpus else None}
+                job = {
+                    **job,
+                    "threads": self.threads,
+                    "gpu": i % self.gpus if self.gpus else None,
+                    "parent": os.getpid(),
+                }
                 futures[pool.submit(run_job, job)] = job
             for fut in as_completed(futures):
                 try:
