@@ -47,7 +47,7 @@ def _one_chapter(nbs, stem, code, full="{}", reads_records=False):
         "language": "python",
     }
     if reads_records:
-        nb.metadata["shortcut_book"] = {"reads_records": True}
+        nb.metadata["shortcut_book"] = {"reads_records": reads_records}
     nb.cells = [
         nbformat.v4.new_code_cell("profile = 'quick'\nseed = 0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(code),
@@ -420,3 +420,23 @@ def test_a_relative_cache_path_is_resolved_against_the_callers_directory(tmp_pat
     assert runner.main(["run", "--chapters", "01", "--no-html"]) == 0
     assert calls[0]["data"] == str(caller / "relcache")
     assert calls[0]["cwd"] == str(runner.NOTEBOOKS)  # the kernel's directory is not the caller's
+
+
+def test_a_chapter_that_reads_named_records_follows_only_those(tmp_path, monkeypatch):
+    """Chapter 08 reads chapters 01's and 05's records: it is stale when one of those changes,
+    not when another chapter's (the scorecard's, which reads every record) does."""
+    _recording_book(tmp_path, monkeypatch)
+    _fake_papermill(monkeypatch)
+    nbs = tmp_path / "notebooks"
+    _one_chapter(nbs, "01_record", "pass")
+    _one_chapter(nbs, "02_other", "pass")
+    _one_chapter(nbs, "03_reader", "pass", reads_records=["01_record"])
+    assert runner.main(["run", "--no-html"]) == 0
+    states = lambda: {src.stem: state for src, _, state in runner.listing()}  # noqa: E731
+    assert set(states().values()) == {"current"}
+    other = tmp_path / "book" / "results" / "02_other.json"
+    other.write_text(other.read_text().replace('"seeds"', '"seeds" ', 1))
+    assert states()["03_reader"] == "current"
+    read = tmp_path / "book" / "results" / "01_record.json"
+    read.write_text(read.read_text().replace('"seeds"', '"seeds" ', 1))
+    assert states()["03_reader"] == "stale"

@@ -109,7 +109,8 @@ def chapters(selection: list[str] | None = None) -> list[Path]:
 def source_hash(src: Path, params: dict) -> str:
     """What an executed copy depends on: the cells' sources, the parameters and the helpers modules
     it uses; for a chapter that reads the other chapters' run records (notebook metadata
-    ``shortcut_book.reads_records``, the scorecard), those records too."""
+    ``shortcut_book.reads_records``: true for every record, as the scorecard, or a list of chapter
+    stems), those records too."""
     nb = nbformat.read(src, as_version=4)
     h = hashlib.sha256()
     for cell in nb.cells:
@@ -117,10 +118,14 @@ def source_hash(src: Path, params: dict) -> str:
         h.update(cell.source.encode())
     h.update(json.dumps(params, sort_keys=True).encode())
     h.update(code_hash(src).encode())
-    if nb.metadata.get(META_KEY, {}).get("reads_records"):
-        for record in record_files(RESULTS):  # quick and full, never its own
-            h.update(record.relative_to(RESULTS).as_posix().encode())
-            h.update(_read_bytes(record, "a run record"))
+    reads = nb.metadata.get(META_KEY, {}).get("reads_records")
+    if reads:
+        # True: every record (the scorecard); a list: those chapters' records only, so that two
+        # readers never make each other stale
+        for record in record_files(RESULTS):  # quick and full, never the scorecard's own
+            if reads is True or record.stem in reads:
+                h.update(record.relative_to(RESULTS).as_posix().encode())
+                h.update(_read_bytes(record, "a run record"))
     return h.hexdigest()
 
 
