@@ -80,3 +80,19 @@ def test_figure_alt_text_from_the_notebook_output_metadata(tmp_path):
     fixed = set_image_alts(page, alts)
     assert f'<img alt="Accuracy &quot;per&quot; epoch" src="../_images/{digest}.png"' in fixed
     assert f'<img alt="x.png" src="../_images/{"0" * 64}.png" />' in fixed  # no alt recorded
+
+
+def test_a_stale_executed_copy_says_so_and_a_current_one_does_not(monkeypatch, tmp_path):
+    from helpers.book import profile_links as PL
+    from helpers.book import runner
+
+    states = {}
+    monkeypatch.setattr(runner, "state_of", lambda src, profile: states[profile])
+    monkeypatch.setattr(runner, "results_path", lambda stem, profile: tmp_path / "r.json")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_x.ipynb").write_text("{}")
+    (tmp_path / "r.json").write_text('{"git_commit": "abc123", "finished_utc": "2026-12-05T08"}')
+    states.update(full="stale", quick="current")
+    note = PL.stale_note(tmp_path, "book/full", "01_x")
+    assert PL.STALE_CLASS in note and "commit abc123, 2026-12-05" in note
+    assert PL.stale_note(tmp_path, "book", "01_x") == ""

@@ -1,6 +1,7 @@
 """Sphinx extension: a note at the top of each chapter page that links to the chapter's
 full-profile run when one is in the book (book/full/<chapter>.ipynb), and on that run's page a
-note that links back to the quick chapter.
+note that links back to the quick chapter. A page whose executed copy is older than the chapter's
+current code (the runner's ``stale``) says so first, with the commit and date of its run.
 
 Enabled in ``_config.yml`` (``sphinx.extra_extensions``).
 """
@@ -43,8 +44,38 @@ def add_profile_link(app, pagename, templatename, context, doctree):
             "quick-profile chapter",
         )
     else:
-        return
-    context["body"] = note + context["body"]
+        note = ""
+    if folder in ("book", f"book/{FULL}"):
+        context["body"] = stale_note(src, folder, stem) + note + context["body"]
+
+
+STALE_CLASS = "stale-run"
+
+
+def stale_note(root: Path, folder: str, stem: str) -> str:
+    """A warning for an executed copy the runner calls stale (its chapter's source, parameters or
+    helpers code changed since it ran), or an empty string."""
+    import json
+
+    from helpers.book import runner
+    from helpers.book.layout import MAIN_PROFILE
+
+    profile = FULL if folder.endswith(f"/{FULL}") else MAIN_PROFILE
+    src = root / "notebooks" / f"{stem}.ipynb"
+    if not src.is_file() or runner.state_of(src, profile) != "stale":
+        return ""
+    record = runner.results_path(stem, profile)
+    try:
+        r = json.loads(record.read_text())
+        when = f" (commit {r['git_commit']}, {r['finished_utc'][:10]})"
+    except (OSError, ValueError, KeyError):
+        when = ""
+    return (
+        f'<div class="admonition warning {STALE_CLASS}"><p>This run{html.escape(when)} was '
+        "executed with an earlier version of the chapter's code, parameters or helpers, and has "
+        "not been executed again since: its numbers and figures are what that version measured, "
+        "and its page lacks later fixes (figure descriptions among them).</p></div>\n"
+    )
 
 
 def setup(app):
