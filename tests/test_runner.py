@@ -440,3 +440,27 @@ def test_a_chapter_that_reads_named_records_follows_only_those(tmp_path, monkeyp
     read = tmp_path / "book" / "results" / "01_record.json"
     read.write_text(read.read_text().replace('"seeds"', '"seeds" ', 1))
     assert states()["03_reader"] == "stale"
+
+
+def test_a_full_profile_page_shows_the_values_it_ran_with(tmp_path):
+    """Issue 31 item 6: the full copy's parameters cell showed the quick defaults; the injected
+    cell with the full values stays visible there, under a note, and is removed on quick pages."""
+    for profile, shown in (("full", True), ("quick", False)):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [
+            nbformat.v4.new_code_cell("epochs = 2", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("epochs = 50", metadata={"tags": ["injected-parameters"]}),
+            nbformat.v4.new_code_cell("print(epochs)"),
+        ]
+        path = tmp_path / f"{profile}.ipynb"
+        nbformat.write(nb, path)
+        src = runner.NOTEBOOKS / "01_x.ipynb"
+        runner._finalise(path, "abc", profile, src, runner.BOOK / "01_x.ipynb")
+        cells = nbformat.read(path, as_version=4).cells
+        injected = next(c for c in cells if "injected-parameters" in c.metadata["tags"])
+        assert ("remove-cell" not in injected.metadata["tags"]) == shown
+        notes = [c for c in cells if c.cell_type == "markdown"]
+        assert len(notes) == int(shown)
+        if shown:
+            assert cells.index(notes[0]) == cells.index(injected) - 1
+            assert "`full` profile's values" in notes[0].source

@@ -209,13 +209,23 @@ def without_machine_paths(nb: nbformat.NotebookNode, src: Path, out: Path) -> No
 
 
 def _finalise(nb_path: Path, digest: str, profile: str, src: Path, out: Path) -> None:
-    """Hide papermill's injected cell, record the source hash, drop per-run kernel noise and the
+    """Hide papermill's injected cell (show it, with a note, on a page of another profile than
+    the quick one), record the source hash, drop per-run kernel noise and the
     machine's paths."""
     nb = nbformat.read(nb_path, as_version=4)
-    for cell in nb.cells:
+    for cell in list(nb.cells):
         tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
+        if "injected-parameters" not in tags or "remove-cell" in tags:
+            continue
+        if profile == MAIN_PROFILE:  # the parameters cell above already shows these values
             cell.metadata["tags"] = tags + ["remove-cell"]
+        else:  # the reader of a full-profile page sees the values this run used, under the defaults
+            note = nbformat.v4.new_markdown_cell(
+                f"The `{profile}` profile's values, which the book's runner set after the "
+                "parameters cell above (they replace the values shown there):"
+            )
+            note.metadata["tags"] = ["profile-parameters-note"]
+            nb.cells.insert(nb.cells.index(cell), note)
     nb.metadata[META_KEY] = {"hash": digest, "profile": profile}
     nb.metadata.pop("widgets", None)
     without_machine_paths(nb, src, out)
