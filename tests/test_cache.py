@@ -320,10 +320,11 @@ def test_a_cache_root_that_is_a_file_is_named(tmp_path, monkeypatch):
         cache_root()
 
 
-def test_the_ledger_times_training_and_keeps_the_time_with_the_checkpoint(tmp_path):
+def test_the_ledger_times_training_and_keeps_the_time_with_the_checkpoint(tmp_path, monkeypatch):
     from helpers.book.chapter import training_summary
     from helpers.cache import cached_run, reset_training_ledger, training_ledger
 
+    monkeypatch.delenv("SHORTCUT_BOOK_RETRAIN", raising=False)  # `make test` sets it
     reset_training_ledger()
     net = nn.Linear(2, 2)
 

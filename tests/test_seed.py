@@ -46,8 +46,9 @@ def _sources():
         (REPO_ROOT / "helpers").rglob("*.py"), (REPO_ROOT / "notebooks").glob("*.ipynb")
     ):
         text = path.read_text()
-        if path.suffix == ".ipynb":
-            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        if path.suffix == ".ipynb":  # code cells: the prose may name a seed offset it explains
+            cells = json.loads(text)["cells"]
+            text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         yield path, text
 
 
