@@ -261,7 +261,7 @@ def test_every_table_fits_the_text_column(desktop, built_book):
     from helpers.book.tables import HEADERS
 
     too_wide, keys, measured = [], [], 0
-    for path in chapter_pages(built_book):
+    for path in current_pages(desktop, built_book):
         page = desktop.open(path)
         column, tables = page.evaluate(TABLE_WIDTHS)
         for width, _, caption, headers in tables:
