@@ -14,6 +14,10 @@ RETRAIN ?=
 STAMP   := $(VENV)/.installed
 # The browser test drives Debian's Chromium (never a browser build downloaded at run time).
 CHROMIUM ?= /usr/bin/chromium
+# make test runs its files on TEST_WORKERS processes (pytest-xdist, one file per process at a time:
+# a notebook's cells share one kernel) with TEST_THREADS torch threads each, so both cores work.
+TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: book html pdf publish test unit lint format lab benchmark clean distclean
@@ -59,8 +63,10 @@ format: $(STAMP)
 test: lint $(CHROMIUM)
 	rm -rf build/nbval
 	$(PY) -m helpers.book prepare --profile smoke --out build/nbval
-	SHORTCUT_BOOK_RETRAIN=1 TQDM_DISABLE=1 SHORTCUT_BOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:cacheprovider tests build/nbval \
-		--nbval-lax --nbval-current-env --durations=15
+	SHORTCUT_BOOK_RETRAIN=1 TQDM_DISABLE=1 SHORTCUT_BOOK_CHROMIUM=$(CHROMIUM) \
+		OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+		$(PY) -m pytest -p no:cacheprovider tests build/nbval \
+		--nbval-lax --nbval-current-env --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider tests

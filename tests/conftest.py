@@ -26,17 +26,28 @@ def pure_background_digits():
 
 
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory):
-    """The HTML book rendered once per test session from the executed chapters in book/ (or an
-    already built one: ``SHORTCUT_BOOK_HTML=path/to/_build/html``)."""
+def built_book(tmp_path_factory, worker_id):
+    """The HTML book rendered once per test run from the executed chapters in book/ (or an already
+    built one: ``SHORTCUT_BOOK_HTML=path/to/_build/html``). Under pytest-xdist the first worker
+    that needs it builds it into the run's shared temporary folder, the others wait and reuse it."""
     import os
     from pathlib import Path
+
+    from filelock import FileLock
 
     from helpers.book import runner
 
     if os.environ.get("SHORTCUT_BOOK_HTML"):
         return Path(os.environ["SHORTCUT_BOOK_HTML"])
-    return runner.build_html(tmp_path_factory.mktemp("jb"))
+    if worker_id == "master":  # no xdist
+        return runner.build_html(tmp_path_factory.mktemp("jb"))
+    shared = tmp_path_factory.getbasetemp().parent / "jb"
+    done = shared / "built.txt"
+    with FileLock(str(shared) + ".lock"):
+        if not done.is_file():
+            html = runner.build_html(shared)
+            done.write_text(str(html))
+    return Path(done.read_text())
 
 
 @pytest.fixture(scope="session")
