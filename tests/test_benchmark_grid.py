@@ -126,8 +126,48 @@ def test_a_sweep_of_chapter_08_has_two_stages_and_distinct_keys(tmp_path, monkey
     run = S.chapter_run(CHAPTER, "quick")
     first, second = G.stages(run)
     cells_1, cells_2 = first(run), second(run)
-    assert {c["method"] for c in cells_2} == {"dfr", "masktune"}
+    assert {c["method"] for c in cells_2} == {"dfr", "masktune", "caml"}
     assert "erm" in {c["method"] for c in cells_1}
     keys = {S.config_key(G.cell_config(run, **c)) for c in cells_1 + cells_2}
     assert len(keys) == len(cells_1) + len(cells_2)
     assert not any(G.is_done(run, c) for c in cells_1)
+
+
+def test_the_ten_class_margin_table_is_chapter_06s_table_with_two_classes():
+    from helpers.methods import caml as C
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(120, 4, generator=g)
+    y = (feats[:, 0] > 0).long()
+    groups = C.pseudo_groups(feats, y, None, k=3)
+    table = G.margin_table(groups["clusters"], y, 3, 2)
+    assert torch.allclose(table, groups["table"])
+    # ten classes: rows are class shares; an empty cluster gets the uniform row
+    clusters = torch.tensor([0, 0, 0, 1])
+    labels = torch.tensor([3, 3, 7, 9])
+    t10 = G.margin_table(clusters, labels, 3, 10)
+    assert t10[0, 3] == pytest.approx(2 / 3) and t10[0, 7] == pytest.approx(1 / 3)
+    assert t10[1, 9] == 1.0 and torch.allclose(t10[2], torch.full((10,), 0.1))
+    assert torch.allclose(t10.sum(1), torch.ones(3))
+
+
+def test_caml_trains_heads_on_frozen_features_only():
+    """CAML's stages change its two heads, never the ERM backbone whose features they read, and
+    its margin head scores ten classes."""
+    p = params(caml_head_epochs=2, batch_size=32, caml_k=4)
+    torch.manual_seed(0)
+    net = G.backbone(p)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 3, p["image_size"], p["image_size"], generator=g)
+    data = G.TensorData(x, torch.arange(96) % 10, torch.arange(96) % 10)
+    feats = G.frozen_features(net, data)
+    assert feats.x.shape == (96, 84)
+    adapter, head = G.caml_heads(84, 10)
+    start = [t.detach().clone() for t in head.parameters()]
+    info = G.train_caml_stages(p, adapter, head, feats, feats, sigma=0.2, seed=0)
+    assert set(info) == {"nmi_bias", "nmi_target"}
+    evaluated = G.FrozenFeatureHead(net, head)
+    assert evaluated(x[:5]).shape == (5, 10)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(start, head.parameters()))

@@ -72,3 +72,37 @@ def test_a_record_that_counts_training_names_the_loaded_networks_time(tmp_path):
     assert row[1] == (
         "61 s, cpu (2 threads); 4 trained networks loaded from the cache (their training: 10 min)"
     )
+
+
+def test_method_costs_come_from_chapter_08s_record_full_first(tmp_path):
+    assert fm.method_cost(tmp_path, "JTT") == "chapter 08 has not run yet"
+    quick = profile_folder(tmp_path / "book" / "results", "quick")
+    quick.mkdir(parents=True)
+    (quick / "08_benchmark.json").write_text(
+        json.dumps({"metrics": {"relative_cost": {"JTT": 1.62, "ERM": 1.0}}})
+    )
+    assert fm.method_cost(tmp_path, "JTT") == "1.6× ERM (quick profile)"
+    assert fm.method_cost(tmp_path, "CAML") == "not in chapter 08's quick run"
+    full = profile_folder(tmp_path / "book" / "results", "full")
+    full.mkdir(parents=True)
+    (full / "08_benchmark.json").write_text(
+        json.dumps({"metrics": {"relative_cost": {"JTT": 2.04}}})
+    )
+    assert fm.method_cost(tmp_path, "JTT") == "2.0× ERM (full profile)"
+
+
+def test_the_introduction_types_no_cost_number():
+    """Every relative cost in the introduction's "which method needs what" table is a role that
+    reads chapter 08's record, or says why the method is not in chapter 08."""
+    rows = [
+        line
+        for line in (REPO_ROOT / "book" / "intro.md").read_text().splitlines()
+        if line.startswith("| ") and "|---" not in line
+    ]
+    needs = [r for r in rows if r.count("|") == 9 and not r.startswith("| method")]
+    assert len(needs) >= 12
+    for row in needs:
+        last = row.rstrip(" |").rsplit("|", 1)[1].strip()
+        assert last.startswith("{method-cost}") or last.startswith(
+            ("1 (the reference)", "not in")
+        ), row

@@ -10,6 +10,10 @@ renders one row per chapter of ``_toc.yml`` with the wall time of its quick and 
 and of any run recorded on a GPU, each with the device the record names. A run whose executed copy
 loaded trained networks from the checkpoint cache is marked: its wall time leaves training out.
 
+The role ``{method-cost}`ReBias``` writes a method's training cost relative to ERM as chapter 08
+measured it (its full record when there is one, else the quick one), so the introduction's "which
+method needs what" table carries measured numbers.
+
 Enabled in ``_config.yml`` (``sphinx.extra_extensions``).
 """
 
@@ -159,6 +163,35 @@ class ChapterRuntimes(SphinxDirective):
         return [node]
 
 
+BENCHMARK = "08_benchmark"
+
+
+def method_cost(root: Path, method: str) -> str:
+    """``method``'s cost relative to ERM in chapter 08's record (full if present, else quick), with
+    the profile it comes from; a sentence saying so when the benchmark has no such method."""
+    for profile in (APPENDIX_PROFILE, MAIN_PROFILE):
+        record = _record(root, BENCHMARK, profile)
+        if record is None:
+            continue
+        costs = record.get("metrics", {}).get("relative_cost", {})
+        if method in costs:
+            return f"{costs[method]:.1f}× ERM ({profile} profile)"
+        return f"not in chapter 08's {profile} run"
+    return "chapter 08 has not run yet"
+
+
+def method_cost_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """``{method-cost}`NAME```: :func:`method_cost` of the method chapter 08 calls NAME."""
+    env = inliner.document.settings.env
+    root = Path(env.srcdir)
+    for profile in (APPENDIX_PROFILE, MAIN_PROFILE):
+        path = profile_folder(root / "book" / "results", profile) / f"{BENCHMARK}.json"
+        if path.is_file():
+            env.note_dependency(str(path))
+    return [nodes.Text(method_cost(root, text.strip()))], []
+
+
 def setup(app):
     app.add_directive("chapter-runtimes", ChapterRuntimes)
+    app.add_role("method-cost", method_cost_role)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

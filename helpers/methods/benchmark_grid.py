@@ -16,8 +16,9 @@ Table 1). Groups are (digit, colour): 100 of them.
 network that is evaluated, Adam with one learning rate and weight decay, the same epochs and batch
 size, no schedule. ReBias, RUBi and LearnedMixin+H add their colour-only g (ReBias's 1×1
 SimpleConvNet); LfF its second, biased copy of the backbone. Methods that build on a trained ERM
-network (DFR, MaskTune) start from the ERM cell of the same (ρ, seed) with the first weight-decay
-trial.
+network (DFR, MaskTune, CAML) start from the ERM cell of the same (ρ, seed) with the first
+weight-decay trial; CAML trains chapter 06's three stages on that network's frozen features, with
+ten classes where chapter 06 has two.
 
 **Selection** reads validation metrics only (:mod:`helpers.selection`): each trial is scored at its
 last epoch by ``val_acc`` and ``val_worst_class`` on ``val_biased`` (rule (a), no bias labels) and
@@ -26,7 +27,6 @@ last epoch by ``val_acc`` and ``val_worst_class`` on ``val_biased`` (rule (a), n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,16 +41,25 @@ from helpers.book.chapter import ChapterRun
 from helpers.cache import cached_run, checkpoint_path
 from helpers.data.biased_mnist import PALETTE, make_biased_mnist
 from helpers.data.mnist import load_mnist
+from helpers.methods import caml as C
 from helpers.methods import debias as D
 from helpers.methods import masktune as MT
 from helpers.methods import pairing as P
 from helpers.methods import rebias as R
 from helpers.methods.saliency import saliency_maps
-from helpers.models import LeNet
+from helpers.models import Adapter, LeNet, MarginHead
 from helpers.seed import derive_seed, generator, seed_everything
 from helpers.selection import validation_metrics
 from helpers.tensordata import TensorData, random_subset
-from helpers.train import Batch, StepFn, fit, predict, supervised_step, to_device
+from helpers.train import (
+    Batch,
+    StepFn,
+    TrainConfig,
+    fit,
+    predict,
+    supervised_step,
+    to_device,
+)
 
 CHAPTER = "08_benchmark"
 NUM_CLASSES = NUM_BIASES = 10
@@ -66,9 +75,10 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "reweight": ("ReWeight", "weight_decays", "weight decay"),
     "dfr": ("DFR", "dfr_cs", "C (inverse L1 strength)"),
     "masktune": ("MaskTune", "masktune_n_stds", "mask threshold n_std"),
+    "caml": ("CAML", "caml_sigmas", "margin noise σ"),
     "pairing": ("Background pairing (oracle)", "pairing_lambdas", "consistency weight"),
 }
-BUILDS_ON_ERM = ("dfr", "masktune")
+BUILDS_ON_ERM = ("dfr", "masktune", "caml")
 # what each method needs beyond (image, label): the chapter's "what it needs" table
 NEEDS = {
     "erm": {},
@@ -84,6 +94,7 @@ NEEDS = {
         "extra stage": "ERM, then a last-layer re-fit",
     },
     "masktune": {"extra stage": "ERM, saliency maps, one masked epoch"},
+    "caml": {"extra stage": "ERM features, a bias-amplified head, k-means, a margin head"},
     "pairing": {"background mask": "yes (oracle augmentation)"},
 }
 TEST_METRICS = ("unbiased_acc", "worst_group_acc", "conflicting_acc", "aligned_acc")
@@ -301,6 +312,93 @@ def fit_last_layer(
     return torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
+def frozen_features(model: Backbone, data: TensorData, chunk: int = 1024) -> TensorData:
+    """``data`` as the trained ``model``'s penultimate (84-d) features, in eval mode (BatchNorm
+    with its training statistics), labels and bias kept: what DFR and CAML fit on."""
+    model.eval()
+    with torch.no_grad():
+        x = torch.cat([model.features(data.x[i : i + chunk]) for i in range(0, len(data), chunk)])
+    return TensorData(x, data.y, data.bias)
+
+
+class FrozenFeatureHead(nn.Module):
+    """A head on a trained backbone's frozen features: how CAML's margin head is evaluated."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone.requires_grad_(False), head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.features(x))
+
+
+def caml_heads(dim: int, classes: int, hidden: int = 128) -> tuple[Adapter, MarginHead]:
+    """Chapter 06's bias-amplified adapter and margin head, with ``classes`` outputs instead of
+    the two of Waterbirds-like data (the output layer and the class vectors are replaced)."""
+    adapter, head = Adapter(dim, hidden), MarginHead(dim, hidden)
+    adapter.out = nn.Linear(hidden, classes)
+    head.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(classes, hidden)))
+    return adapter, head
+
+
+def margin_table(clusters: torch.Tensor, y: torch.Tensor, k: int, classes: int) -> torch.Tensor:
+    """CAML's margin table for any number of classes: ``table[c, j]`` = share of class j in
+    cluster c (rows sum to 1; an empty cluster gets the uniform row). With two classes it is
+    :func:`helpers.methods.caml.pseudo_groups`' table."""
+    counts = torch.zeros(k, classes)
+    counts.index_put_((clusters.cpu(), y.cpu()), torch.ones(len(y)), accumulate=True)
+    sizes = counts.sum(1, keepdim=True)
+    return torch.where(sizes > 0, counts / sizes.clamp_min(1), torch.full_like(counts, 1 / classes))
+
+
+def train_caml_stages(
+    params: Mapping[str, Any],
+    adapter: Adapter,
+    head: MarginHead,
+    train: TensorData,
+    val_biased: TensorData,
+    sigma: float,
+    seed: int,
+) -> dict:
+    """CAML's three stages (chapter 06) on frozen features: (1) the adapter with class-balanced
+    sampling and a high weight decay, kept at its best *training* accuracy; (2) k-means on its
+    normalised hidden features, each cluster's class shares a row of the margin table; (3) the
+    margin head with margins ``1 − N(table, σ²)``, kept at its best accuracy on the *biased*
+    validation set (no bias labels anywhere: the benchmark's rule (a) data). The bias labels are
+    read only to report how well the clusters recover the colour (NMI)."""
+    cfg = TrainConfig(
+        epochs=params["caml_head_epochs"],
+        batch_size=params["batch_size"],
+        lr=params["lr"],
+        weight_decay=params["caml_stage1_weight_decay"],
+        seed=seed,
+    )
+    C.train_adapter(adapter, train, cfg, desc="CAML stage 1")
+    with torch.no_grad():
+        hidden = adapter.features(train.x)
+    groups = C.pseudo_groups(hidden, train.y, train.bias, params["caml_k"], random_state=seed)
+    table = margin_table(groups["clusters"], train.y, params["caml_k"], NUM_CLASSES)
+    stage3 = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=params["weight_decays"][0],
+        seed=seed,
+    )
+    C.train_caml(
+        head,
+        train,
+        val_biased,
+        groups["clusters"],
+        table,
+        stage3,
+        sigma=sigma,
+        scale=params["caml_scale"],
+        desc="CAML stage 3",
+    )
+    return {"nmi_bias": groups["nmi_bias"], "nmi_target": groups["nmi_target"]}
+
+
 @dataclass
 class CellResult:
     method: str
@@ -378,12 +476,13 @@ def _train_end_to_end(run: ChapterRun, method: str, value, sets, seed: int):
     if method == "groupdro":
         kwargs["eta"] = value
     if method == "jtt":
-        # stage 1: a short ERM run whose training errors are the set to up-weight
-        stage1 = backbone(p).to(dev)
-        opt1 = torch.optim.Adam(stage1.parameters(), lr=p["lr"], weight_decay=wd)
-        holder: dict = {}
+        # the network that is trained (stage 2), cached and evaluated
+        model = backbone(p).to(dev)
 
-        def make_jtt():
+        def train_jtt():
+            # stage 1: a short ERM run whose training errors are the set to up-weight
+            stage1 = backbone(p).to(dev)
+            opt1 = torch.optim.Adam(stage1.parameters(), lr=p["lr"], weight_decay=wd)
             _fit(
                 p,
                 train,
@@ -393,26 +492,13 @@ def _train_end_to_end(run: ChapterRun, method: str, value, sets, seed: int):
                 epochs=p["jtt_epochs"],
             )
             wrong = D.jtt_error_set(stage1, train)
-            holder["error_set_size"] = int(wrong.sum())
-            return D.build(
-                "jtt",
-                lambda: backbone(p),
-                train,
-                error_set=wrong,
-                upweight=int(value),
-                **kwargs,
+            setup = D.build(
+                "jtt", lambda: model, train, error_set=wrong, upweight=int(value), **kwargs
             )
+            _fit(p, train, setup.step, model, seed, setup.sampler)
+            return {"error_set_size": int(wrong.sum())}
 
-        model_box: dict = {}
-
-        def train_fn():
-            setup = make_jtt()
-            _fit(p, train, setup.step, setup.modules["model"], seed, setup.sampler)
-            model_box["model"].load_state_dict(setup.modules["model"].state_dict())
-            return {"error_set_size": holder["error_set_size"]}
-
-        model_box["model"] = backbone(p).to(dev)
-        return {"model": model_box["model"]}, model_box["model"], train_fn
+        return {"model": model}, model, train_jtt
 
     setup = D.build(method, lambda: backbone(p), train, **kwargs)
 
@@ -443,13 +529,8 @@ def train_cell(run: ChapterRun, method: str, rho: float, seed: int, trial: int) 
         model.load_state_dict(base.model.state_dict())
 
         def train_fn():
-            model.eval()  # features with the BatchNorm statistics of training
-            fit_set = sets["val_group_fit"]
-            with torch.no_grad():
-                feats = torch.cat(
-                    [model.features(fit_set.x[i : i + 1024]) for i in range(0, len(fit_set), 1024)]
-                )
-            w, b = fit_last_layer(feats, fit_set.y, value, seed)
+            fit_set = frozen_features(model, sets["val_group_fit"])
+            w, b = fit_last_layer(fit_set.x, fit_set.y, value, seed)
             model.fc.weight.data.copy_(w.to(dev))
             model.fc.bias.data.copy_(b.to(dev))
             return {}
@@ -470,6 +551,19 @@ def train_cell(run: ChapterRun, method: str, rho: float, seed: int, trial: int) 
             return {"erased_fraction": MT.erased_fraction(MT.official_keep_mask(maps, value))}
 
         modules, evaluated = {"model": model}, model
+    elif method == "caml":
+        model = backbone(p).to(dev)
+        model.load_state_dict(base.model.state_dict())
+        feats = {k: frozen_features(model, sets[k]) for k in ("train", "val_biased")}
+        adapter, head = caml_heads(feats["train"].x.shape[1], NUM_CLASSES)
+        adapter, head = adapter.to(dev), head.to(dev)
+
+        def train_fn():
+            return train_caml_stages(
+                p, adapter, head, feats["train"], feats["val_biased"], value, seed
+            )
+
+        modules, evaluated = {"adapter": adapter, "model": head}, FrozenFeatureHead(model, head)
     else:
         modules, evaluated, train_fn = _train_end_to_end(run, method, value, sets, seed)
 
@@ -543,13 +637,6 @@ def select_trials(results: list[CellResult], rule_metric: str) -> dict[tuple, Ce
         if key not in best or value > best[key].scores[rule_metric]:
             best[key] = r
     return best
-
-
-def elapsed(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` and its wall time in seconds."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
 
 
 def summary_frame(chosen: Mapping[tuple, CellResult]):
