@@ -96,13 +96,13 @@ def _batch(m=64, seed=0):
     )
 
 
-def _run_step(make_step, nets, bf16: bool):
+def _run_step(make_step, nets, bf16: bool, m: int = 64):
     f, g = nets()
     step = make_step(
         f, g, torch.optim.SGD(f.parameters(), 0.1), torch.optim.SGD(g.parameters(), 0.1)
     )
     with torch.autocast(**BF16) if bf16 else contextlib.nullcontext():
-        logged = step(_batch())
+        logged = step(_batch(m))
     return {k: float(v) for k, v in logged.items()}, [
         p.detach().clone() for p in (*f.parameters(), *g.parameters())
     ]
@@ -124,10 +124,11 @@ def test_rebias_steps_with_bf16_convnets_stay_close_to_float32(make_step):
         torch.manual_seed(0)
         return SimpleConvNet(7), SimpleConvNet(1)
 
-    ref, _ = _run_step(make_step, nets, bf16=False)
-    got, _ = _run_step(make_step, nets, bf16=True)
+    m = 32  # bf16 convolutions are slow on a CPU: a small batch keeps the test short
+    ref, _ = _run_step(make_step, nets, bf16=False, m=m)
+    got, _ = _run_step(make_step, nets, bf16=True, m=m)
     assert _rel(got["loss"], ref["loss"]) < 1e-3 and _rel(got["g_loss"], ref["g_loss"]) < 1e-3
-    assert abs(got["acc"] - ref["acc"]) <= 1 / 64 and abs(got["g_acc"] - ref["g_acc"]) <= 1 / 64
+    assert abs(got["acc"] - ref["acc"]) <= 1 / m and abs(got["g_acc"] - ref["g_acc"]) <= 1 / m
     assert (
         _rel(got["hsic"], ref["hsic"]) < 3e-2
     )  # bf16 features only (~0.5 %); a bf16 kernel gave 20-40 %
