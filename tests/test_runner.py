@@ -464,3 +464,30 @@ def test_a_full_profile_page_shows_the_values_it_ran_with(tmp_path):
         if shown:
             assert cells.index(notes[0]) == cells.index(injected) - 1
             assert "`full` profile's values" in notes[0].source
+
+
+def test_a_full_copy_links_to_the_pages_one_folder_up():
+    """book/full/06_caml.ipynb links to ../08_benchmark.ipynb, in Markdown cells and in the Markdown
+    a cell displayed; web addresses, anchors and other files are left alone."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(
+            "See [chapter 8](08_benchmark.ipynb), [ρ](notation.md#glossary-rho), "
+            "[the intro](intro.md), [a paper](https://x.org/01_a.ipynb) and [a file](data.csv)."
+        ),
+        nbformat.v4.new_code_cell("show()"),
+    ]
+    nb.cells[1].outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={"text/markdown": "as [chapter 1](01_shortcut_learning.ipynb) did"}
+        )
+    ]
+    assert runner.relink_to_book_folder(nb) == 4
+    assert nb.cells[0].source == (
+        "See [chapter 8](../08_benchmark.ipynb), [ρ](../notation.md#glossary-rho), "
+        "[the intro](../intro.md), [a paper](https://x.org/01_a.ipynb) and [a file](data.csv)."
+    )
+    assert nb.cells[1].outputs[0]["data"]["text/markdown"] == (
+        "as [chapter 1](../01_shortcut_learning.ipynb) did"
+    )
+    assert runner.relink_to_book_folder(nb) == 0  # already pointing one folder up

@@ -35,6 +35,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,6 +209,32 @@ def without_machine_paths(nb: nbformat.NotebookNode, src: Path, out: Path) -> No
         meta["output_path"] = out.relative_to(BOOK.parent).as_posix()
 
 
+# a Markdown link to another page of the book's folder: a chapter notebook or a front-matter page
+_SIBLING_LINK = re.compile(r"\]\((?=(?:\d{2}_\w+\.ipynb|intro\.md|notation\.md)(?:[#)]))")
+
+
+def relink_to_book_folder(nb: nbformat.NotebookNode) -> int:
+    """Point the links of a copy that lives one folder below ``book/`` (``book/full/``) at the
+    pages in ``book/``: ``[chapter 8](08_benchmark.ipynb)`` becomes ``(../08_benchmark.ipynb)``,
+    in Markdown cells and in the Markdown a cell displayed. Returns the number of links changed."""
+    changed = 0
+
+    def fix(text: str) -> str:
+        nonlocal changed
+        new, n = _SIBLING_LINK.subn("](../", text)
+        changed += n
+        return new
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = fix(cell.source)
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if isinstance(data.get("text/markdown"), str):
+                data["text/markdown"] = fix(data["text/markdown"])
+    return changed
+
+
 def _finalise(nb_path: Path, digest: str, profile: str, src: Path, out: Path) -> None:
     """Hide papermill's injected cell (show it, with a note, on a page of another profile than
     the quick one), record the source hash, drop per-run kernel noise and the
@@ -226,6 +253,8 @@ def _finalise(nb_path: Path, digest: str, profile: str, src: Path, out: Path) ->
             )
             note.metadata["tags"] = ["profile-parameters-note"]
             nb.cells.insert(nb.cells.index(cell), note)
+    if profile != MAIN_PROFILE:  # the copy lives in book/<profile>/
+        relink_to_book_folder(nb)
     nb.metadata[META_KEY] = {"hash": digest, "profile": profile}
     nb.metadata.pop("widgets", None)
     without_machine_paths(nb, src, out)
