@@ -27,14 +27,10 @@ from tests.test_browser import (  # noqa: E402  (the tests' own probes)
     READER_TEXT,
     RESIDUE,
     TABLE_WIDTHS,
+    Quiet,
 )
 
 CHROMIUM = os.environ.get("SHORTCUT_BOOK_CHROMIUM", "/usr/bin/chromium")
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def measure(html: Path, width: int = 1280) -> list[dict]:
