@@ -33,9 +33,9 @@ from helpers.train import fit
 OUT = Path(__file__).parent / "results" / "benchmark_budget.jsonl"
 
 
-def erm_curve(params: dict, rho: float, seed: int, max_epochs: int) -> dict:
-    """One ERM cell of chapter 08 (its data, network, step, optimiser and seeding), trained for
-    ``max_epochs`` with its biased-validation metrics after every epoch."""
+def train_erm(params: dict, rho: float, seed: int, max_epochs: int):
+    """One ERM cell of chapter 08 (its data, network, step, optimiser and seeding) trained for
+    ``max_epochs``, with its biased-validation metrics after every epoch: (network, history)."""
     dev = torch.device("cpu")
     sets = bg.load_sets(params, rho, seed, dev)
     seed_everything(seed)
@@ -61,6 +61,13 @@ def erm_curve(params: dict, rho: float, seed: int, max_epochs: int) -> dict:
         evaluate=lambda: evaluate_validation(model, sets["val_biased"], num_classes=bg.NUM_CLASSES),
         progress=False,
     )
+    return model, history
+
+
+def erm_curve(params: dict, rho: float, seed: int, max_epochs: int) -> dict:
+    """:func:`train_erm`'s per-epoch record."""
+    sets = bg.load_sets(params, rho, seed, torch.device("cpu"))
+    _, history = train_erm(params, rho, seed, max_epochs)
     return {
         "rho": rho,
         "seed": seed,

@@ -171,3 +171,23 @@ def test_caml_trains_heads_on_frozen_features_only():
     assert evaluated(x[:5]).shape == (5, 10)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
     assert any(not torch.equal(a, b) for a, b in zip(start, head.parameters()))
+
+
+def test_the_budget_check_trains_erm_exactly_as_the_grid_does(tmp_path, monkeypatch, mnist):
+    """benchmarks/benchmark_budget.py chooses the full profile's epochs from its ERM curves; they
+    are worth it only if its ERM is the grid's ERM cell, weight for weight."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_budget", S.REPO_ROOT / "benchmarks" / "benchmark_budget.py"
+    )
+    budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget)
+    monkeypatch.setenv("SHORTCUT_BOOK_DATA", str(tmp_path))
+    run = S.chapter_run(CHAPTER, "smoke")
+    model, history = budget.train_erm(dict(run.params), 0.99, 0, run.params["epochs"])
+    cell = G.train_cell(run, "erm", 0.99, 0, 0)
+    for name, value in cell.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert history.rows[-1]["val_acc"] == pytest.approx(cell.scores["val_acc"])
+    assert "test_unbiased_acc" not in history.rows[-1]  # the budget never looks at the test set
