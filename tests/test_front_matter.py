@@ -74,6 +74,22 @@ def test_a_record_that_counts_training_names_the_loaded_networks_time(tmp_path):
     )
 
 
+def test_a_resumed_runs_epoch_sum_outranks_the_checkpoints_own_time(tmp_path):
+    _chapter(tmp_path, "09_test", "quick", 61.0, "cpu (2 threads)")
+    path = tmp_path / "book" / "results" / "09_test.json"
+    record = json.loads(path.read_text())
+    record["training"] = {
+        "networks_trained": 0,
+        "train_time_s": 0.0,
+        "networks_loaded": 2,
+        "loaded_original_train_time_s": 600.0,
+    }
+    record["metrics"] = {"epoch_seconds_all_runs": 1200.0}
+    path.write_text(json.dumps(record))
+    row = fm.runtime_rows(tmp_path, ["09_test"])[0]
+    assert row[1].endswith("2 trained networks loaded from the cache (their training: 20 min)")
+
+
 def test_method_costs_come_from_chapter_08s_record_full_first(tmp_path):
     assert fm.method_cost(tmp_path, "JTT") == "chapter 08 has not run yet"
     quick = profile_folder(tmp_path / "book" / "results", "quick")

@@ -87,6 +87,11 @@ def _cell(record: dict | None, notebook: Path) -> str:
             text += "; trained networks loaded from the cache (training not timed)"
     elif training["networks_loaded"]:
         original = training["loaded_original_train_time_s"]
+        # a checkpoint times only the process that finished it; a chapter whose runs were resumed
+        # records the sum of every epoch, which is the truer figure
+        every_epoch = record.get("metrics", {}).get("epoch_seconds_all_runs")
+        if every_epoch is not None:
+            original = max(every_epoch, original or 0.0)
         text += f"; {training['networks_loaded']} trained networks loaded from the cache" + (
             f" (their training: {duration(original)})" if original is not None else ""
         )
