@@ -57,37 +57,33 @@ def test_the_table_lists_every_numbered_chapter_of_the_toc():
         assert f"({stem}.ipynb)" in table
 
 
-def test_a_record_that_counts_training_names_the_loaded_networks_time(tmp_path):
+def _loaded_row(tmp_path, loaded: int, original: float, metrics: dict | None = None) -> str:
+    """The quick column of a chapter whose record loaded ``loaded`` networks trained in
+    ``original`` seconds."""
     _chapter(tmp_path, "09_test", "quick", 61.0, "cpu (2 threads)")
     path = tmp_path / "book" / "results" / "09_test.json"
     record = json.loads(path.read_text())
     record["training"] = {
         "networks_trained": 0,
         "train_time_s": 0.0,
-        "networks_loaded": 4,
-        "loaded_original_train_time_s": 620.0,
+        "networks_loaded": loaded,
+        "loaded_original_train_time_s": original,
     }
+    if metrics is not None:
+        record["metrics"] = metrics
     path.write_text(json.dumps(record))
-    row = fm.runtime_rows(tmp_path, ["09_test"])[0]
-    assert row[1] == (
+    return fm.runtime_rows(tmp_path, ["09_test"])[0][1]
+
+
+def test_a_record_that_counts_training_names_the_loaded_networks_time(tmp_path):
+    assert _loaded_row(tmp_path, 4, 620.0) == (
         "61 s, cpu (2 threads); 4 trained networks loaded from the cache (their training: 10 min)"
     )
 
 
 def test_a_resumed_runs_epoch_sum_outranks_the_checkpoints_own_time(tmp_path):
-    _chapter(tmp_path, "09_test", "quick", 61.0, "cpu (2 threads)")
-    path = tmp_path / "book" / "results" / "09_test.json"
-    record = json.loads(path.read_text())
-    record["training"] = {
-        "networks_trained": 0,
-        "train_time_s": 0.0,
-        "networks_loaded": 2,
-        "loaded_original_train_time_s": 600.0,
-    }
-    record["metrics"] = {"epoch_seconds_all_runs": 1200.0}
-    path.write_text(json.dumps(record))
-    row = fm.runtime_rows(tmp_path, ["09_test"])[0]
-    assert row[1].endswith("2 trained networks loaded from the cache (their training: 20 min)")
+    row = _loaded_row(tmp_path, 2, 600.0, {"epoch_seconds_all_runs": 1200.0})
+    assert row.endswith("2 trained networks loaded from the cache (their training: 20 min)")
 
 
 def test_method_costs_come_from_chapter_08s_record_full_first(tmp_path):
