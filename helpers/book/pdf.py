@@ -19,6 +19,7 @@ import contextlib
 import functools
 import html as html_lib
 import http.server
+import logging
 import os
 import posixpath
 import shutil
@@ -190,9 +191,16 @@ def add_outline(pdf: Path, outline: list, title: str = "") -> int:
     destination Chromium writes for each link target) lands on; returns how many."""
     from pypdf import PdfReader, PdfWriter
 
-    reader = PdfReader(pdf)
-    dests = {name.lstrip("/"): d for name, d in reader.named_destinations.items()}
-    writer = PdfWriter(clone_from=reader)
+    # Chromium's trailer under-counts the objects; pypdf repairs that and logs a warning per build
+    pypdf_log = logging.getLogger("pypdf")
+    level = pypdf_log.level
+    pypdf_log.setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(pdf)
+        dests = {name.lstrip("/"): d for name, d in reader.named_destinations.items()}
+        writer = PdfWriter(clone_from=reader)
+    finally:
+        pypdf_log.setLevel(level)
     added = 0
     for anchor, heading, sections in outline:
         if anchor not in dests:
